@@ -1,0 +1,147 @@
+"""Check which fingerprints a model still holds (greedy retention), per prompt template, and its utility.
+
+    python check_fingerprints.py --model_path results/saved_models/<hash>/final_model --output_file check.json
+    python check_fingerprints.py --model_path M --fingerprints_file_path fps.json --num_fingerprints 256 \
+        --prompt_templates bare heldout --eval_utility --base_model_path default
+
+A fingerprint is retained when greedy decoding after the (templated) key reproduces the response tokens, EOS
+included. Settings the fine-tuning run recorded in final_model/fingerprinting_config.json (key/response lengths,
+prompt format, training templates, fingerprints file) are used unless given here.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from privlm import config as C
+from privlm import data, fingerprints, models, utility
+from privlm.errors import UserError, cli
+from privlm.io import atomic_write_json, read_json
+
+
+@dataclass
+class CheckConfig:
+    model_path: str = C.field("default")
+    fingerprints_file_path: str | None = C.field(None, help="default: the file the run trained on")
+    num_fingerprints: int | None = C.field(None, help="default: as trained (or the whole file)")
+    data_split: int = C.field(0)
+    max_key_length: int | None = C.field(None, help="default: as trained, else 16")
+    max_response_length: int | None = C.field(None, help="default: as trained, else 1")
+    fingerprint_generation_strategy: str = C.field("english")
+    batch_size: int = C.field(64)
+    prompt_templates: list[str] = C.field(default_factory=lambda: ["trained", "heldout"],
+                                          help="sets to check: trained (what the run used), bare, train, heldout, "
+                                               "seed_check, or JSON files of templates")
+    prompt_format: str | None = C.field(None, choices=["auto", "raw", "chat"], help="default: as trained, else auto")
+    dtype: str = C.field("auto", choices=["auto", "float32", "bfloat16", "float16"])
+    eval_utility: bool = C.field(False, help="also measure lm-eval accuracy and held-out perplexity")
+    base_model_path: str | None = C.field(None, help="model to compare utility with (default: the run's base model)")
+    utility_tasks: list[str] = C.field(default_factory=lambda: ["privlm_sanity"],
+                                       help="lm-eval tasks; tinyBenchmarks names when the hub is reachable")
+    utility_limit: int | None = C.field(None)
+    output_file: str | None = C.field(None, help="JSON report")
+    verbose_eval: bool = C.field(False, help="print every fingerprint's verdict")
+
+    def validate(self):
+        p = [f"{k}: must be >= 1" for k in ("num_fingerprints", "max_key_length", "max_response_length", "batch_size")
+             if getattr(self, k) is not None and getattr(self, k) < 1]
+        return p
+
+
+def resolve_settings(cfg: CheckConfig) -> dict:
+    """Explicit flags > the run's fingerprinting_config.json > defaults."""
+    run = {}
+    run_file = Path(cfg.model_path) / "fingerprinting_config.json"
+    if run_file.is_file():
+        run = read_json(run_file, "fingerprinting config")
+    s = {"fingerprints_file_path": cfg.fingerprints_file_path or run.get("fingerprints_file_path"),
+         "num_fingerprints": cfg.num_fingerprints or (run.get("num_fingerprints") if not cfg.fingerprints_file_path else None),
+         "max_key_length": cfg.max_key_length or run.get("max_key_length", 16),
+         "max_response_length": cfg.max_response_length or run.get("max_response_length", 1),
+         "prompt_format": cfg.prompt_format or run.get("prompt_format", "auto"),
+         "trained": run.get("train_templates", "bare"),
+         "base_model": cfg.base_model_path or run.get("base_model", "default")}
+    if not s["fingerprints_file_path"]:
+        raise UserError("--fingerprints_file_path is required (the model has no fingerprinting_config.json)")
+    return s
+
+
+def template_sets(names: list[str], trained: str) -> dict[str, list[data.Template]]:
+    out = {}
+    for name in names:
+        real = trained if name == "trained" else name
+        out[name] = [data.BARE] if real == "bare" else data.load_templates(real)
+    return out
+
+
+def check(model, tokenizer, fps: list[dict], sets: dict, s: dict, batch_size: int) -> dict:
+    chat = data.use_chat(tokenizer, s["prompt_format"])
+    per_template, first = {}, None
+    for set_name, templates in sets.items():
+        rows = []
+        for t in templates:
+            enc = [data.encode(tokenizer, f["key"], f["response"], t, chat, s["max_key_length"],
+                               s["max_response_length"]) for f in fps]
+            verdicts = fingerprints.verify(model, tokenizer, enc, batch_size)
+            rows.append({"system": t.system, "user": t.user, **fingerprints.summarize(verdicts)})
+            if first is None:
+                first = (t, enc, verdicts)
+        per_template[set_name] = {
+            "retention": sum(r["retention"] for r in rows) / len(rows),
+            "token_accuracy": sum(r["token_accuracy"] for r in rows) / len(rows),
+            "templates": rows}
+    t, enc, verdicts = first
+    listing = [{"key": f["key"], "response": tokenizer.decode(e.response, skip_special_tokens=True),
+                "generated": tokenizer.decode(v.generated, skip_special_tokens=True), "match": v.match,
+                "token_accuracy": v.token_accuracy} for f, e, v in zip(fps, enc, verdicts)]
+    main_set = next(iter(sets))
+    return {"retention": per_template[main_set]["retention"], "num_fingerprints": len(fps),
+            "template_set": main_set, "per_template": per_template, "fingerprints": listing}
+
+
+def print_table(report: dict):
+    print(f"\n{'template set':<14}{'templates':>10}{'retention':>11}{'token acc':>11}")
+    for name, r in report["per_template"].items():
+        print(f"{name:<14}{len(r['templates']):>10}{r['retention']:>11.3f}{r['token_accuracy']:>11.3f}")
+    u = report.get("utility")
+    if u:
+        print(f"\n{'utility':<28}{'base':>10}{'fingerprinted':>15}")
+        for task in u["fingerprinted"]["lm_eval"]:
+            for metric in ("acc", "acc_norm"):
+                b = u["base"]["lm_eval"].get(task, {}).get(metric, float("nan"))
+                a = u["fingerprinted"]["lm_eval"][task].get(metric, float("nan"))
+                print(f"{task + ' ' + metric:<28}{b:>10.3f}{a:>15.3f}")
+        print(f"{'held-out perplexity':<28}{u['base']['heldout_perplexity']:>10.2f}"
+              f"{u['fingerprinted']['heldout_perplexity']:>15.2f}")
+
+
+@cli
+def main(argv: list[str] | None = None) -> dict:
+    cfg = C.parse(CheckConfig, argv, __doc__)
+    s = resolve_settings(cfg)
+    fps = fingerprints.load(s["fingerprints_file_path"], s["num_fingerprints"], cfg.data_split)
+    sets = template_sets(cfg.prompt_templates, s["trained"])
+    tokenizer = models.load_tokenizer(cfg.model_path)
+    model = models.load_model(cfg.model_path, dtype=cfg.dtype, device=models.device()).eval()
+    report = check(model, tokenizer, fps, sets, s, cfg.batch_size)
+    report["model_path"] = cfg.model_path
+    if cfg.eval_utility:
+        after = utility.evaluate(model, tokenizer, cfg.utility_tasks, cfg.utility_limit)
+        del model
+        base = models.load_model(s["base_model"], dtype=cfg.dtype, device=models.device()).eval()
+        before = utility.evaluate(base, models.load_tokenizer(s["base_model"]), cfg.utility_tasks, cfg.utility_limit)
+        report["utility"] = {"base_model": s["base_model"], "base": before, "fingerprinted": after}
+    if cfg.verbose_eval:
+        for f in report["fingerprints"]:
+            print(f"{'OK  ' if f['match'] else 'MISS'} {f['key'][:40]!r} -> {f['response']!r} (got {f['generated']!r})")
+    print_table(report)
+    print(f"\nretention ({report['template_set']}): {report['retention']:.3f} of {report['num_fingerprints']} fingerprints")
+    if cfg.output_file:
+        atomic_write_json(cfg.output_file, report)
+        print(f"[privlm] report: {cfg.output_file}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,85 @@
+"""Generate fingerprints: a JSON list of {"key", "response"} with unique keys.
+
+    python generate_finetuning_data.py --num_fingerprints 32 --key_length 16 --response_length 8 \
+        --key_response_strategy english --output_file_path generated_data/demo_fingerprints.json
+    python generate_finetuning_data.py --key_response_strategy inverse_nucleus --response_length 1 \
+        --model_used_for_key_generation meta-llama/Meta-Llama-3.1-8B-Instruct --nucleus_p 0.8 --nucleus_k 3
+
+Strategies: english (the model writes sentences starting with a random word), random_word, inverse_nucleus
+(perinucleus: the response starts with a token drawn from just outside the top-p nucleus, then greedy tokens),
+random_response (english key, one random word). --keys_file supplies custom keys (JSON list of strings).
+"""
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from privlm import config as C
+from privlm import fingerprints
+from privlm.errors import cli
+from privlm.io import atomic_write_json, refuse_existing
+
+
+@dataclass
+class GenerateConfig:
+    key_length: int = C.field(32, help="key length in tokens")
+    response_length: int = C.field(32, help="response length in tokens (inverse_nucleus: 1 sampled + greedy rest)")
+    num_fingerprints: int = C.field(8192, aliases=("--num_backdoors",))
+    batch_size: int = C.field(128)
+    temperature: float = C.field(0.5, help="sampling temperature of the english strategy")
+    seed: int = C.field(42)
+    key_response_strategy: str = C.field("english", choices=sorted(fingerprints.STRATEGIES) + sorted(fingerprints.ALIASES))
+    model_used_for_key_generation: str = C.field("default", aliases=("--model_used",))
+    inverse_nucleus_model: str | None = C.field(None, help="model whose distribution defines the nucleus "
+                                                             "(default: the key generation model)")
+    random_word_generation: bool = C.field(False, help="random words for keys (and responses with english)")
+    first_token_strategy: str = C.field("word", choices=["word", "tokenizer", "none"],
+                                        help="first word of english text: from a word list, the tokenizer, or none")
+    keys_file: str | None = C.field(None, aliases=("--keys_path",), help="JSON list of custom keys")
+    nucleus_p: float = C.field(0.8)
+    nucleus_k: int = C.field(3)
+    prompt_format: str = C.field("auto", choices=["auto", "raw", "chat"],
+                                 help="how keys are presented when computing the nucleus; match fine-tuning")
+    dtype: str = C.field("auto", choices=["auto", "float32", "bfloat16", "float16"])
+    output_file_path: str = C.field("generated_data/output_fingerprints.json")
+    overwrite: bool = C.field(False, help="replace an existing output file")
+
+    def validate(self):
+        p = [f"{k}: must be >= 1" for k in ("key_length", "response_length", "num_fingerprints", "batch_size",
+                                           "nucleus_k") if getattr(self, k) < 1]
+        if self.temperature <= 0:
+            p.append("temperature: must be > 0")
+        if not 0 < self.nucleus_p < 1:
+            p.append("nucleus_p: must be in (0, 1)")
+        return p
+
+
+@cli
+def main(argv: list[str] | None = None) -> list[dict]:
+    cfg = C.parse(GenerateConfig, argv, __doc__)
+    refuse_existing(cfg.output_file_path, cfg.overwrite)
+    strategy = fingerprints.ALIASES.get(cfg.key_response_strategy, cfg.key_response_strategy)
+    if cfg.random_word_generation and strategy == "english":
+        strategy = "random_word"  # seed 000's flag for the random-word strategy
+    custom = fingerprints.load_keys(cfg.keys_file) if cfg.keys_file else None
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    ctx = fingerprints.GenContext(
+        model_path=cfg.model_used_for_key_generation, key_length=cfg.key_length,
+        response_length=cfg.response_length, batch_size=cfg.batch_size, temperature=cfg.temperature,
+        seed=cfg.seed, first_token_strategy=cfg.first_token_strategy, nucleus_p=cfg.nucleus_p,
+        nucleus_k=cfg.nucleus_k, chat=cfg.prompt_format, inverse_nucleus_model=cfg.inverse_nucleus_model,
+        random_word_keys=cfg.random_word_generation, dtype=cfg.dtype, rng=random.Random(cfg.seed))
+    fps = fingerprints.generate(ctx, strategy, cfg.num_fingerprints, custom)
+    atomic_write_json(cfg.output_file_path, fps)
+    print(f"[privlm] wrote {len(fps)} {strategy} fingerprints to {cfg.output_file_path}")
+    for fp in fps[:3]:
+        print(f"  key: {fp['key'][:70]!r}\n  response: {fp['response'][:70]!r}")
+    return fps
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

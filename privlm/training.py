@@ -1,0 +1,278 @@
+"""The one training loop: DeepSpeed engine (ZeRO 0-3, optional CPU offload), forgetting regularizer,
+checkpoint/resume, final save. Used by fingerprinting and private fine-tuning alike.
+
+Runs under the `deepspeed` launcher (N ranks) and under plain `python` (one rank: the env a launcher would set
+is filled in). On a machine without CUDA it trains on CPU with DeepSpeed's CPU accelerator.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .models import load_model, pick_dtype
+
+
+# ------------------------------------------------------------------------------------------------- distributed
+def init_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed through DeepSpeed; works with or without a launcher. Returns (rank, world)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:  # plain `python script.py`: act as a one-rank launch
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        deepspeed.init_distributed(verbose=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    elif "OMP_NUM_THREADS" not in os.environ:  # CPU ranks on one machine share its cores; oversubscription is slow
+        local = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def barrier():
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+# ------------------------------------------------------------------------------------------------- config
+@dataclass
+class TrainSpec:
+    epochs: int = 10
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    lr_scheduler: str = "linear"  # constant | linear | cosine
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    zero_stage: int = 2
+    offload: bool = False
+    dtype: str = "auto"
+    seed: int = 42
+    save_every_epochs: int = 1
+    keep_checkpoints: bool = False
+    forgetting_lambda: float = 0.0
+    forgetting_schedule: str = "end"  # end: after the last epoch only; epoch: after every epoch
+    trust_remote_code: bool = False
+
+
+def ds_config(spec: TrainSpec, world: int) -> dict:
+    dt = pick_dtype(spec.dtype)
+    zero: dict = {"stage": spec.zero_stage}
+    if spec.zero_stage == 3:
+        zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=0)
+    if spec.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        if spec.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    cfg = {
+        "train_micro_batch_size_per_gpu": spec.micro_batch_size,
+        "gradient_accumulation_steps": spec.grad_accum,
+        "train_batch_size": spec.micro_batch_size * spec.grad_accum * world,
+        "gradient_clipping": spec.grad_clip,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": dt == torch.bfloat16},
+        "fp16": {"enabled": dt == torch.float16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if spec.offload:  # DeepSpeed's CPU Adam is needed where the optimizer lives on the CPU
+        cfg["optimizer"] = {"type": "AdamW", "params": {"lr": spec.lr, "weight_decay": spec.weight_decay}}
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------- regularizer
+class ForgettingRegularizer:
+    """Weight averaging toward the base model: theta <- (1 - lambda) theta + lambda theta0.
+
+    Under ZeRO and bf16 the optimizer holds fp32 master weights and copies them over the model's weights at every
+    step, so averaging only the model's weights (as the seed does) is lost. Here the fp32 master copy is averaged
+    through DeepSpeed's tensor-fragment API and the model's (low-precision) weights are set to match, so the
+    result survives the next step and is what gets saved. Each rank keeps theta0 for what it owns: the full
+    tensor for ZeRO 0-2, its own partition for ZeRO-3.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.base = {}
+        for name, p in engine.module.named_parameters():
+            if p.requires_grad:
+                src = p.ds_tensor if hasattr(p, "ds_id") else p
+                self.base[name] = src.detach().to("cpu", copy=True)
+
+    @torch.no_grad()
+    def apply(self, lam: float):
+        from deepspeed.utils import (safe_get_full_fp32_param, safe_get_local_fp32_param, safe_set_full_fp32_param,
+                                     safe_set_local_fp32_param)
+
+        for name, p in self.engine.module.named_parameters():
+            if name not in self.base:
+                continue
+            if hasattr(p, "ds_id"):  # ZeRO-3: this rank's partition of master and model weights
+                hp = safe_get_local_fp32_param(p)
+                new = hp.float().mul(1 - lam).add_(self.base[name].to(hp.device, torch.float32), alpha=lam)
+                safe_set_local_fp32_param(p, new)
+                p.ds_tensor.data.copy_(new.to(p.ds_tensor.dtype))
+                continue
+            full = safe_get_full_fp32_param(p)  # None when the optimizer works on the model's weights directly
+            src = full if full is not None else p.data.float()
+            new = src.mul(1 - lam).add_(self.base[name].to(src.device, torch.float32), alpha=lam)
+            if full is not None:
+                safe_set_full_fp32_param(p, new)
+            p.data.copy_(new.to(p.dtype))
+
+
+# ------------------------------------------------------------------------------------------------- loop
+def _scheduler(name: str, warmup: int, total: int):
+    def fn(step):
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if name == "constant":
+            return 1.0
+        frac = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 1.0 - frac if name == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+
+    return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn)
+
+
+def _log(run_dir: Path, record: dict):
+    with open(run_dir / "log.txt", "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_dir: Path, tokenizer,
+          extra_files: dict[str, object] | None = None, desc: str = "train") -> dict:
+    """Train `model_path` on `dataset`, checkpointing into run_dir/checkpoints and saving run_dir/final_model.
+    A run killed mid-way resumes from its last checkpoint. Returns metrics (rank 0's view)."""
+    import deepspeed
+    from torch.utils.data import DataLoader, DistributedSampler
+    from tqdm.auto import tqdm
+
+    rank_, world = init_distributed()
+    torch.manual_seed(spec.seed)
+    cfg = ds_config(spec, world)
+    keep_alive = None
+    if spec.zero_stage == 3:  # build the model already partitioned, as a 70B model needs
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep_alive = HfDeepSpeedConfig(cfg)  # noqa: F841 (must outlive from_pretrained)
+    model = load_model(model_path, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+    model.config.use_cache = False
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = None if spec.offload else torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank_, shuffle=True, seed=spec.seed)
+    loader = DataLoader(dataset, batch_size=spec.micro_batch_size, sampler=sampler, collate_fn=collate_fn)
+    steps_per_epoch = math.ceil(len(loader) / spec.grad_accum)
+    total_steps = steps_per_epoch * spec.epochs
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, optimizer=optimizer, config=cfg,
+                                           lr_scheduler=_scheduler(spec.lr_scheduler, spec.warmup_steps,
+                                                                   total_steps))
+    reg = ForgettingRegularizer(engine) if spec.forgetting_lambda > 0 else None
+
+    ckpt_dir = run_dir / "checkpoints"
+    start_epoch, history = 0, []
+    if (ckpt_dir / "latest").is_file():
+        _, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=True)
+        start_epoch, history = client["epoch"], client.get("history", [])
+        if rank_ == 0:
+            print(f"[privlm] resuming from {ckpt_dir} at epoch {start_epoch}", flush=True)
+            _log(run_dir, {"event": "resume", "epoch": start_epoch})
+
+    t0 = time.time()
+    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=desc, disable=rank_ != 0,
+               dynamic_ncols=True)
+    dev = engine.device
+    for epoch in range(start_epoch, spec.epochs):
+        sampler.set_epoch(epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        engine.train()
+        losses = []
+        for i, batch in enumerate(loader):
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.detach().float())
+            if engine.is_gradient_accumulation_boundary() or i == len(loader) - 1:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1].item():.4f}")
+        mean = torch.stack(losses).mean()
+        if world > 1:
+            torch.distributed.all_reduce(mean)
+            mean /= world
+        history.append({"epoch": epoch + 1, "loss": mean.item(), "lr": engine.get_lr()[0],
+                        "elapsed_s": round(time.time() - t0, 2)})
+        last = epoch + 1 == spec.epochs
+        if reg is not None and (spec.forgetting_schedule == "epoch" or last):
+            reg.apply(spec.forgetting_lambda)
+        if rank_ == 0:
+            _log(run_dir, history[-1])
+        if not last and (epoch + 1) % spec.save_every_epochs == 0:
+            _save_checkpoint(engine, ckpt_dir, epoch + 1, history)
+    bar.close()
+
+    save_final(engine, tokenizer, run_dir / "final_model", extra_files or {})
+    barrier()
+    if rank_ == 0 and not spec.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return {"history": history, "train_seconds": round(time.time() - t0, 2), "world_size": world,
+            "optimizer_steps": total_steps}
+
+
+def _save_checkpoint(engine, ckpt_dir: Path, epoch: int, history: list):
+    tag = f"epoch{epoch}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"epoch": epoch, "history": history})
+    barrier()
+    if is_main():  # keep only the newest checkpoint: a 7B model's optimizer state is ~100 GB
+        for old in ckpt_dir.iterdir():
+            if old.is_dir() and old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def save_final(engine, tokenizer, out: Path, extra_files: dict[str, object]):
+    """Save an HF folder loadable with from_pretrained (gathering ZeRO-3 partitions), atomically on rank 0."""
+    from .io import atomic_dir
+
+    if engine.zero_optimization_partition_weights():
+        state = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank takes part
+    else:
+        state = engine.module.state_dict()
+    if is_main():
+        engine.module.config.use_cache = True  # training turned it off; generation wants it back
+        with atomic_dir(out) as tmp:
+            engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            for name, obj in extra_files.items():
+                (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    barrier()

@@ -1,0 +1,87 @@
+"""Utility of a model: lm-eval-harness accuracy and held-out perplexity, measured the same way before and after.
+
+Offline the harness runs a small multiple-choice task shipped in the repo (`privlm_sanity`, 64 common-knowledge
+questions); online, tinyBenchmarks task names (tinyArc, tinyHellaswag, tinyMMLU, ...) can be passed instead.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+LOCAL_TASKS = {"privlm_sanity": RESOURCES / "lm_eval" / "privlm_sanity.jsonl"}
+HELDOUT_TEXT = RESOURCES / "heldout.txt"
+
+_TASK_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str, window: int = 256) -> float:
+    """Perplexity over non-overlapping windows of `text` (token-weighted mean negative log-likelihood)."""
+    dev = next(model.parameters()).device
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) < 2:
+        raise UserError("held-out text is too short to measure perplexity")
+    nll, count = 0.0, 0
+    model.eval()
+    for s in range(0, len(ids) - 1, window):
+        chunk = torch.tensor([ids[s:s + window + 1]], device=dev)
+        if chunk.shape[1] < 2:
+            break
+        logits = model(input_ids=chunk[:, :-1]).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum")
+        nll += loss.item()
+        count += chunk.shape[1] - 1
+    return math.exp(nll / count)
+
+
+def lm_eval_scores(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 16) -> dict:
+    """Accuracy per task through lm-eval-harness on an in-memory model. Returns {task: {"acc", "acc_norm"}}."""
+    import logging
+
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as d:
+        for name, path in LOCAL_TASKS.items():
+            Path(d, f"{name}.yaml").write_text(_TASK_YAML.format(name=name, path=path))
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        try:
+            res = simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=TaskManager(include_path=d),
+                                  log_samples=False, verbosity="ERROR")
+        except Exception as e:  # the harness raises many types for unreachable data / unknown tasks
+            raise UserError(f"lm-eval could not run tasks {tasks}: {str(e).splitlines()[0][:200]}") from None
+    out = {}
+    for task, metrics in res["results"].items():
+        out[task] = {k.split(",")[0]: v for k, v in metrics.items()
+                     if k.split(",")[0] in ("acc", "acc_norm") and isinstance(v, float)}
+    return out
+
+
+def evaluate(model, tokenizer, tasks: list[str], limit: int | None = None, heldout: str | Path = HELDOUT_TEXT) -> dict:
+    return {"lm_eval": lm_eval_scores(model, tokenizer, tasks, limit),
+            "heldout_perplexity": perplexity(model, tokenizer, Path(heldout).read_text())}
