@@ -10,6 +10,7 @@ config and the content of the fingerprints file; a finished run is skipped, a ki
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ class FinetuneConfig:
     save_every_epochs: int = C.field(1, hash=False, help="DeepSpeed checkpoint (for resume) every N epochs")
     keep_checkpoints: bool = C.field(False, hash=False, help="keep the last DeepSpeed checkpoint after success")
     overwrite: bool = C.field(False, hash=False, help="train again even if this run's final_model exists")
+    run_link: str | None = C.field(None, hash=False, help="also point this path (a symlink) at the run directory")
     wandb_run_name: str | None = C.field(None, hash=False, help="accepted for seed compatibility; not used")
 
     def validate(self):
@@ -95,6 +97,14 @@ def run_paths(cfg: FinetuneConfig) -> tuple[str, Path]:
     return h, Path(cfg.results_dir) / "saved_models" / h
 
 
+def link_run(link: str | None, run_dir: Path):
+    if link and is_main():
+        tmp = Path(f"{link}.tmp{os.getpid()}")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.symlink_to(run_dir.resolve(), target_is_directory=True)
+        os.replace(tmp, link)
+
+
 @cli
 def main(argv: list[str] | None = None) -> Path:
     cfg = C.parse(FinetuneConfig, argv, __doc__)
@@ -106,6 +116,7 @@ def main(argv: list[str] | None = None) -> Path:
     final = run_dir / "final_model"
     if final.is_dir() and not cfg.overwrite:
         print(f"[privlm] run {run_hash} is already finished: {final}")
+        link_run(cfg.run_link, run_dir)
         return final
 
     init_distributed()
@@ -136,6 +147,7 @@ def main(argv: list[str] | None = None) -> Path:
         atomic_write_json(run_dir / "metrics.json", metrics)
         last = metrics["history"][-1]["loss"] if metrics["history"] else float("nan")
         print(f"[privlm] final loss {last:.4f} after {metrics['train_seconds']} s on {metrics['world_size']} rank(s)")
+        link_run(cfg.run_link, run_dir)
         print(f"[privlm] model: {final}\n[privlm] run directory: {run_dir}")
     return final
 

