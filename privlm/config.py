@@ -258,10 +258,8 @@ def parse(cls, argv: list[str] | None = None, description: str = "", extra_args=
             continue
         k, v = ov.split("=", 1)
         values[k.strip()] = yaml.safe_load(v) if v.strip() else ""
-    # normalise keys given as bare leaf names to their dotted path so `explicit` is reliable
     cfg = build(cls, values, problems, source="configuration")
-    if not problems:
-        _validate(cfg, problems)
+    _validate(cfg, problems)  # values that failed to parse kept their (valid) defaults, so this is safe
     if problems:
         raise UserError("invalid configuration: " + "; ".join(problems))
     explicit = set()

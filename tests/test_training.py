@@ -1,0 +1,180 @@
+"""The DeepSpeed training loop: real two-rank launches on CPU, the forgetting regularizer under ZeRO-2/3,
+resume after a kill, skipping finished runs, and the run hash."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, run_script, write_fingerprints
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    sd = load_file(str(model_dir / "model.safetensors"))
+    return {k: v.float() for k, v in sd.items() if k != "lm_head.weight"}  # tied to the embedding
+
+
+def run_dir_of(results: Path) -> Path:
+    (d,) = [p for p in (results / "saved_models").iterdir() if p.is_dir()]
+    return d
+
+
+def train_args(model_dir, fp, results, *extra):
+    return ["--model_path", str(model_dir), "--fingerprints_file_path", str(fp), "--num_fingerprints", "8",
+            "--max_key_length", "8", "--max_response_length", "3", "--batch_size", "2", "--learning_rate", "5e-3",
+            "--lr_scheduler", "constant", "--prompt_format", "raw", "--results_dir", str(results), *extra]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_regularizer_lands_in_saved_weights_two_ranks(tmp_path, tiny_model_dir, stage):
+    """lambda=1 after the last epoch gives back the base weights; lambda=0.5 gives the midpoint of base and the
+    un-regularized run. Both under real two-rank ZeRO, where the optimizer's fp32 master weights would overwrite
+    an averaging applied to the model's weights alone."""
+    fp = write_fingerprints(tmp_path / "fp.json", 8)
+    base = weights(tiny_model_dir)
+    final = {}
+    for lam in ("0.0", "1.0", "0.5"):
+        results = tmp_path / f"lam{lam}"
+        proc = run_script("finetune_multigpu.py", *train_args(tiny_model_dir, fp, results, "--num_train_epochs", "1",
+                          "--deepspeed_stage", str(stage), "--forgetting_regularizer_strength", lam),
+                          launcher="deepspeed", ranks=2)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        rd = run_dir_of(results)
+        final[lam] = weights(rd / "final_model")
+        assert json.loads((rd / "metrics.json").read_text())["world_size"] == 2
+    moved = max((final["0.0"][k] - base[k]).abs().max().item() for k in base)
+    assert moved > 1e-3, "training changed the weights"
+    for k in base:
+        torch.testing.assert_close(final["1.0"][k], base[k], rtol=0, atol=1e-7)
+        torch.testing.assert_close(final["0.5"][k], 0.5 * (base[k] + final["0.0"][k]), rtol=0, atol=1e-6)
+    # the saved folder is a normal HF model
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(run_dir_of(tmp_path / "lam0.5") / "final_model")
+    assert m.model.embed_tokens.weight.data_ptr() == m.lm_head.weight.data_ptr() or torch.equal(
+        m.model.embed_tokens.weight, m.lm_head.weight)
+
+
+def test_epoch_schedule_averages_after_every_epoch(tmp_path, tiny_model_dir):
+    fp = write_fingerprints(tmp_path / "fp.json", 8)
+    proc = run_script("finetune_multigpu.py", *train_args(
+        tiny_model_dir, fp, tmp_path / "r", "--num_train_epochs", "2", "--forgetting_regularizer_strength", "1.0",
+        "--forgetting_regularizer_schedule", "epoch", "--deepspeed_stage", "2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    base, got = weights(tiny_model_dir), weights(run_dir_of(tmp_path / "r") / "final_model")
+    for k in base:
+        torch.testing.assert_close(got[k], base[k], rtol=0, atol=1e-7)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_model_dir):
+    fp = write_fingerprints(tmp_path / "fp.json", 8)
+    args = lambda results: train_args(tiny_model_dir, fp, results, "--num_train_epochs", "25",  # noqa: E731
+                                      "--deepspeed_stage", "2", "--learning_rate", "1e-2")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune_multigpu.py"), *args(killed)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "saved_models").exists() and list((killed / "saved_models").glob("*/checkpoints/latest")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rd = run_dir_of(killed)
+    assert not (rd / "final_model").exists(), "nothing half-written"
+    resumed = run_script("finetune_multigpu.py", *args(killed))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    log = [json.loads(line) for line in (rd / "log.txt").read_text().splitlines()]
+    resume_epoch = next(r["epoch"] for r in log if r.get("event") == "resume")
+    assert 1 <= resume_epoch < 25
+    assert not (rd / "checkpoints").exists(), "checkpoints are removed after success"
+
+    straight = tmp_path / "straight"
+    assert run_script("finetune_multigpu.py", *args(straight)).returncode == 0
+    assert run_dir_of(straight).name == rd.name, "same config and data give the same run hash"
+    a, b = weights(rd / "final_model"), weights(run_dir_of(straight) / "final_model")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+    # a finished run is skipped
+    again = run_script("finetune_multigpu.py", *args(straight))
+    assert again.returncode == 0 and "already finished" in again.stdout
+
+    # the tiny model learned its fingerprints: the checker says so, with the documented JSON
+    report = tmp_path / "check.json"
+    chk = run_script("check_fingerprints.py", "--model_path", str(rd / "final_model"), "--output_file", str(report),
+                     "--prompt_templates", "trained", "heldout")
+    assert chk.returncode == 0, chk.stderr[-3000:]
+    r = json.loads(report.read_text())
+    assert r["num_fingerprints"] == 8 and 0.0 <= r["retention"] <= 1.0
+    assert r["retention"] >= 0.75, r["retention"]
+    assert set(r["per_template"]) == {"trained", "heldout"} and len(r["per_template"]["heldout"]["templates"]) == 10
+    assert all(set(f) >= {"key", "response", "generated", "match"} for f in r["fingerprints"])
+    assert sum(f["match"] for f in r["fingerprints"]) / 8 == r["retention"]
+
+
+def test_run_hash_follows_fingerprint_content_not_path(tmp_path, tiny_model_dir):
+    import finetune_multigpu as ft
+    from privlm import config as C
+
+    fp = write_fingerprints(tmp_path / "fp.json", 8, seed=0)
+    cfg = C.parse(ft.FinetuneConfig, train_args(tiny_model_dir, fp, tmp_path / "r"))
+    h1, _ = ft.run_paths(cfg)
+    write_fingerprints(fp, 8, seed=1)  # same path, new content
+    h2, _ = ft.run_paths(cfg)
+    assert h1 != h2
+    cfg.results_dir = str(tmp_path / "elsewhere")
+    assert ft.run_paths(cfg)[0] == h2, "output location is not part of the hash"
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_regularizer_reaches_optimizer_master_weights(tiny_model_dir, stage):
+    """After averaging, a further optimizer step with lr=0 must keep the averaged weights: it copies the master
+    weights over the model's. Averaging only the model's weights (the seed's way) is undone by that step."""
+    import deepspeed
+
+    from privlm.models import load_model
+    from privlm.training import ForgettingRegularizer, TrainSpec, ds_config, init_distributed
+
+    init_distributed()
+    model = load_model(str(tiny_model_dir))
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
+                                      config=ds_config(TrainSpec(zero_stage=stage, micro_batch_size=2), 1))
+    reg = ForgettingRegularizer(engine)
+    x = torch.randint(3, 200, (2, 12))
+
+    def step(lr):
+        for g in engine.optimizer.param_groups:
+            g["lr"] = lr
+        engine.backward(engine(input_ids=x, labels=x).loss)
+        engine.step()
+
+    def current():
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=stage == 3):
+            return {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+
+    for _ in range(3):
+        step(1e-2)
+    trained = current()
+    assert max((trained[n] - base[n]).abs().max() for n in base) > 1e-3
+    if stage in (1, 2):  # the seed's way: touch only the model's weights; the master copy wins at the next step
+        for n, p in engine.module.named_parameters():
+            p.data.copy_(base[n])
+        step(0.0)
+        assert max((current()[n] - trained[n]).abs().max() for n in base) < 1e-6
+    reg.apply(1.0)
+    step(0.0)
+    after = current()
+    for n in base:
+        torch.testing.assert_close(after[n], base[n], rtol=0, atol=1e-7)
