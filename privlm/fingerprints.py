@@ -247,42 +247,63 @@ class Verdict:
 @torch.no_grad()
 def verify(model, tokenizer, examples: list[data.Encoded], batch_size: int = 64, progress: bool = True
            ) -> list[Verdict]:
-    """Greedy retention check. A fingerprint is retained when greedy decoding after the prompt reproduces the
-    response tokens (EOS included). That holds exactly when the argmax at every response position, given the
-    true prefix, is the true next token, so one teacher-forced forward pass per batch decides every verdict;
-    only the misses are decoded with `generate` (left-padded, batched) to report what the model says instead."""
+    """Greedy retention check, batched. A fingerprint is retained when greedy decoding after the prompt reproduces
+    the response tokens (EOS included). That holds exactly when the argmax at every response position, given the
+    true prefix, is the true next token, so one teacher-forced pass per batch decides every verdict.
+
+    Each batch puts prompts left-padded to a common end P and responses right-padded after it. The prompts are run
+    once with a KV cache; the responses are scored on top of it; for the misses the cache is cut back to P and
+    greedy decoding continues from there to report what the model says instead, without recomputing the prompts.
+    """
     model.eval()
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     verdicts: list[Verdict | None] = [None] * len(examples)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # similar lengths together
-    misses = []
+    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].prompt), len(examples[i].response)))
     for s in tqdm(range(0, len(order), batch_size), desc="check", disable=not progress, leave=False):
         idx = order[s:s + batch_size]
-        batch = data.collate([examples[i] for i in idx], pad)
-        logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
-        pred = logits[:, :-1].argmax(-1).cpu()
-        target = batch["labels"][:, 1:]
-        for row, i in enumerate(idx):
-            sel = target[row] != data.IGNORE_INDEX
-            hits = (pred[row][sel] == target[row][sel])
-            ok = bool(hits.all())
-            verdicts[i] = Verdict(ok, list(examples[i].response), float(hits.float().mean()))
-            if not ok:
-                misses.append(i)
-    for s in range(0, len(misses), batch_size):
-        idx = misses[s:s + batch_size]
-        prompts = [examples[i].prompt for i in idx]
-        ids = data.pad_batch(prompts, pad, side="left").to(dev)
-        mask = data.pad_batch([[1] * len(p) for p in prompts], 0, side="left").to(dev)
-        width = max(len(examples[i].response) for i in idx)
-        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=width,
-                             pad_token_id=pad, eos_token_id=None)
-        for row, i in enumerate(idx):
-            n = len(examples[i].response)
-            generated = gen[row, ids.shape[1]:ids.shape[1] + n].tolist()
-            verdicts[i].generated = generated
-            verdicts[i].match = generated == examples[i].response  # equal to the forced verdict; kept honest
+        prompts, resps = [examples[i].prompt for i in idx], [examples[i].response for i in idx]
+        P, K = max(map(len, prompts)), max(map(len, resps))
+        ids = torch.full((len(idx), P + K), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, (p, q) in enumerate(zip(prompts, resps)):
+            ids[r, P - len(p):P], ids[r, P:P + len(q)] = torch.tensor(p), torch.tensor(q)
+            mask[r, P - len(p):P + len(q)] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids[:, :P], attention_mask=mask[:, :P], position_ids=pos[:, :P], use_cache=True,
+                    logits_to_keep=1)
+        cache, first = out.past_key_values, out.logits[:, -1].argmax(-1)
+        pred = first[:, None]
+        if K > 1:
+            rest = model(input_ids=ids[:, P:P + K - 1], attention_mask=mask[:, :P + K - 1],
+                         position_ids=pos[:, P:P + K - 1], past_key_values=cache, use_cache=True).logits
+            pred = torch.cat([pred, rest.argmax(-1)], 1)
+        pred = pred.cpu()
+        misses = []
+        for r, (i, q) in enumerate(zip(idx, resps)):
+            hits = pred[r, :len(q)] == torch.tensor(q)
+            verdicts[i] = Verdict(bool(hits.all()), list(q), float(hits.float().mean()))
+            if not verdicts[i].match:
+                misses.append(r)
+        if misses:
+            rows = torch.tensor(misses, device=dev)
+            if K > 1:
+                cache.crop(-(K - 1))  # drop the response positions (this cache type only takes negative counts)
+            cache.batch_select_indices(rows)
+            tok, m, p_ = first[rows], mask[rows, :P], pos[rows, P - 1]
+            steps = [tok]
+            for _ in range(max(len(resps[r]) for r in misses) - 1):
+                m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
+                p_ = p_ + 1
+                tok = model(input_ids=tok[:, None], attention_mask=m, position_ids=p_[:, None], past_key_values=cache,
+                            use_cache=True).logits[:, -1].argmax(-1)
+                steps.append(tok)
+            gen = torch.stack(steps, 1).cpu()
+            for j, r in enumerate(misses):
+                v = verdicts[idx[r]]
+                v.generated = gen[j, :len(resps[r])].tolist()
+                v.match = v.generated == resps[r]  # equal to the forced verdict; kept honest
     return verdicts  # type: ignore[return-value]
 
 
