@@ -24,7 +24,8 @@ $(STAMP): requirements.txt pyproject.toml
 # Fingerprint the default model with DeepSpeed ZeRO-2, check retention and utility before/after.
 demo: venv
 	@start=$$(date +%s); set -e; \
-	$(BIN)/python generate_finetuning_data.py --config configs/fingerprint/demo_generate.yml; \
+	test -f generated_data/demo_fingerprints.json || \
+	  $(BIN)/python generate_finetuning_data.py --config configs/fingerprint/demo_generate.yml; \
 	$(BIN)/deepspeed --num_gpus $(NGPUS) finetune_multigpu.py --config configs/fingerprint/demo_finetune.yml; \
 	$(BIN)/python check_fingerprints.py --config configs/fingerprint/demo_check.yml; \
 	echo "[demo] wall time $$(( $$(date +%s) - start )) s; fingerprints: generated_data/demo_fingerprints.json;" \

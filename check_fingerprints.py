@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from privlm import config as C
-from privlm import data, fingerprints, models, utility
+from privlm import data, fingerprints, models, plots, utility
 from privlm.errors import UserError, cli
 from privlm.io import atomic_write_json, read_json
 
@@ -55,6 +55,8 @@ def resolve_settings(cfg: CheckConfig) -> dict:
     run_file = Path(cfg.model_path) / "fingerprinting_config.json"
     if run_file.is_file():
         run = read_json(run_file, "fingerprinting config")
+        if run.get("fingerprints_file_path"):  # recorded relative to the model folder, so runs can be moved
+            run["fingerprints_file_path"] = str(Path(cfg.model_path) / run["fingerprints_file_path"])
     s = {"fingerprints_file_path": cfg.fingerprints_file_path or run.get("fingerprints_file_path"),
          "num_fingerprints": cfg.num_fingerprints or (run.get("num_fingerprints") if not cfg.fingerprints_file_path else None),
          "max_key_length": cfg.max_key_length or run.get("max_key_length", 16),
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nretention ({report['template_set']}): {report['retention']:.3f} of {report['num_fingerprints']} fingerprints")
     if cfg.output_file:
         atomic_write_json(cfg.output_file, report)
-        print(f"[privlm] report: {cfg.output_file}")
+        png = plots.retention_png(report, Path(cfg.output_file).with_suffix(".png"))
+        print(f"[privlm] report: {cfg.output_file} (figure: {png})")
     return report
 
 

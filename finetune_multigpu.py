@@ -67,6 +67,7 @@ class FinetuneConfig:
     keep_checkpoints: bool = C.field(False, hash=False, help="keep the last DeepSpeed checkpoint after success")
     overwrite: bool = C.field(False, hash=False, help="train again even if this run's final_model exists")
     run_link: str | None = C.field(None, hash=False, help="also point this path (a symlink) at the run directory")
+    print_run_dir: bool = C.field(False, hash=False, help="print the run directory this config maps to and exit")
     wandb_run_name: str | None = C.field(None, hash=False, help="accepted for seed compatibility; not used")
 
     def validate(self):
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> Path:
     templates = data.load_templates(cfg.augmentation_prompts) if cfg.use_augmentation_prompts else [data.BARE]
     run_hash, run_dir = run_paths(cfg)
     final = run_dir / "final_model"
+    if cfg.print_run_dir:
+        print(run_dir)
+        return final
     if final.is_dir() and not cfg.overwrite:
         print(f"[privlm] run {run_hash} is already finished: {final}")
         link_run(cfg.run_link, run_dir)
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> Path:
                      save_every_epochs=cfg.save_every_epochs, keep_checkpoints=cfg.keep_checkpoints, forgetting_lambda=cfg.forgetting_regularizer_strength,
                      forgetting_schedule=cfg.forgetting_regularizer_schedule, trust_remote_code=cfg.trust_remote_code)
     # Read by check_fingerprints.py so that the check encodes keys exactly as training did.
-    fp_config = {"base_model": cfg.model_path, "fingerprints_file_path": str(run_dir / "fingerprints.json"),
+    fp_config = {"base_model": cfg.model_path, "fingerprints_file_path": "../fingerprints.json",  # beside final_model
                  "num_fingerprints": cfg.num_fingerprints, "max_key_length": cfg.max_key_length,
                  "max_response_length": cfg.max_response_length, "prompt_format": "chat" if chat else "raw",
                  "train_templates": cfg.augmentation_prompts if cfg.use_augmentation_prompts else "bare",

@@ -115,6 +115,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_model_dir):
                      "--prompt_templates", "trained", "heldout")
     assert chk.returncode == 0, chk.stderr[-3000:]
     r = json.loads(report.read_text())
+    assert report.with_suffix(".png").stat().st_size > 1000
     assert r["num_fingerprints"] == 8 and 0.0 <= r["retention"] <= 1.0
     assert r["retention"] >= 0.75, r["retention"]
     assert set(r["per_template"]) == {"trained", "heldout"} and len(r["per_template"]["heldout"]["templates"]) == 10

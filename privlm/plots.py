@@ -1,0 +1,57 @@
+"""Headline figures as PNGs next to their JSON (matplotlib, no display needed)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def retention_png(report: dict, path: str | Path) -> Path:
+    """Bars of retention per template set (each template a thin bar), and utility before/after when present."""
+    plt = _plt()
+    sets = report["per_template"]
+    has_u = "utility" in report
+    fig, axes = plt.subplots(1, 2 if has_u else 1, figsize=(11 if has_u else 6, 3.8), squeeze=False)
+    ax = axes[0][0]
+    x = 0
+    for i, (name, r) in enumerate(sets.items()):
+        vals = [t["retention"] for t in r["templates"]]
+        xs = [x + j for j in range(len(vals))]
+        ax.bar(xs, vals, color=f"C{i}", label=f"{name} (mean {r['retention']:.2f})")
+        x += len(vals) + 1
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("retention")
+    ax.set_xticks([])
+    ax.set_title(f"{report['num_fingerprints']} fingerprints, one bar per template")
+    ax.legend(loc="lower right", fontsize=8)
+    if has_u:
+        u = report["utility"]
+        ax = axes[0][1]
+        labels, before, after = [], [], []
+        for task, m in u["fingerprinted"]["lm_eval"].items():
+            labels.append(f"{task} acc")
+            before.append(u["base"]["lm_eval"].get(task, {}).get("acc", float("nan")))
+            after.append(m.get("acc", float("nan")))
+        xs = range(len(labels))
+        ax.bar([i - 0.2 for i in xs], before, 0.4, label="base")
+        ax.bar([i + 0.2 for i in xs], after, 0.4, label="fingerprinted")
+        ax.set_xticks(list(xs), labels)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"utility; held-out ppl {u['base']['heldout_perplexity']:.1f} -> "
+                     f"{u['fingerprinted']['heldout_perplexity']:.1f}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
