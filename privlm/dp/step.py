@@ -1,0 +1,56 @@
+"""One DP-SGD logical step under DeepSpeed (ZeRO 0-2, any number of ranks).
+
+Each rank runs its Poisson micro-batches (fixed shapes) forward, gets per-example gradients of the trainable LoRA
+weights from hooks (one backward, through `torch.autograd.grad`, so DeepSpeed's gradient hooks stay quiet), clips
+each example to norm C and sums. Rank 0 adds N(0, sigma^2 C^2) once per logical step. The sum then reaches
+DeepSpeed through a surrogate loss <g, theta> whose gradient is exactly g, so DeepSpeed's own reduction across
+ranks, ZeRO partitioning and optimizer step do the rest: the update is (sum over ranks of clipped sums + noise)
+divided by the expected logical batch size q*N (fixed, as the analysis of Poisson sampling requires).
+"""
+from __future__ import annotations
+
+import torch
+
+from .accountant import Ledger
+from .clipping import PerExampleGrads, clipped_sum, per_example_loss
+
+
+class DPStep:
+    def __init__(self, engine, ledger: Ledger, expected_batch_size: float, seed: int, rank: int, world: int):
+        self.engine, self.ledger = engine, ledger
+        self.expected = expected_batch_size
+        self.seed, self.rank, self.world = seed, rank, world
+        self.per_example = PerExampleGrads(engine.module)
+        self.per_example.enabled = True
+        self.last_norms: torch.Tensor | None = None
+
+    def noise(self, like: torch.Tensor, step: int, index: int) -> torch.Tensor:
+        g = torch.Generator(device="cpu").manual_seed(hash((self.seed, step, index)) & 0x7FFFFFFFFFFFFFFF)
+        std = self.ledger.noise_multiplier * self.ledger.max_grad_norm
+        return (torch.randn(like.shape, generator=g) * std).to(like.device)
+
+    def __call__(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
+        """Run one logical step; returns the mean per-example loss of the real (non-padding) rows."""
+        eng, dev = self.engine, self.engine.device
+        sums: dict | None = None
+        losses, norms = [], []
+        for mb in micro_batches:
+            mb = {k: v.to(dev) for k, v in mb.items()}
+            logits = eng(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+            loss = per_example_loss(logits, mb["labels"])
+            s, n = clipped_sum(self.per_example.compute(loss), self.ledger.max_grad_norm)
+            sums = s if sums is None else {p: sums[p] + s[p] for p in s}
+            real = (mb["labels"] != -100).any(1)
+            losses.append(loss.detach()[real])
+            norms.append(n.detach()[real])
+        step = self.ledger.steps
+        if self.rank == 0 and self.ledger.noise_multiplier > 0:  # once per logical step, across all ranks
+            sums = {p: g + self.noise(g, step, i) for i, (p, g) in enumerate(sums.items())}
+        scale = self.world / self.expected  # DeepSpeed averages gradients over ranks
+        surrogate = sum((g.detach().to(p.dtype) * p).sum() for p, g in sums.items()) * scale
+        eng.backward(surrogate)
+        eng.step()
+        self.ledger.step()
+        self.last_norms = torch.cat(norms)
+        loss = torch.cat(losses)
+        return float(loss.mean()) if loss.numel() else float("nan")
