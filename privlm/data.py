@@ -161,3 +161,58 @@ class TemplatedDataset(torch.utils.data.Dataset):
             self._cache[(i, t)] = encode(self.tokenizer, key, resp, self.templates[t], self.chat,
                                          self.max_key_length, self.max_response_length)
         return self._cache[(i, t)]
+
+
+# ------------------------------------------------------------------------------------------------- text corpora
+VICUNA = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+          "detailed, and polite answers to the user's questions. USER: {} ASSISTANT:")
+
+
+def load_records(spec: str, split: str = "train") -> list[dict]:
+    """Records from a local .jsonl/.json/.csv/.parquet/.txt file (one record per line of a .txt), from the
+    project's synthetic PII corpus (`synthetic` or `synthetic:N`), or from a hub dataset name when online."""
+    import pandas as pd
+
+    if spec.startswith("synthetic"):
+        from .synthetic import records
+
+        n = int(spec.split(":", 1)[1]) if ":" in spec else 512
+        return records(n)
+    p = Path(spec)
+    if p.exists():
+        try:
+            if p.suffix == ".txt":
+                return [{"text": line} for line in p.read_text().splitlines() if line.strip()]
+            if p.suffix in (".jsonl", ".json"):
+                df = pd.read_json(p, lines=p.suffix == ".jsonl")
+            elif p.suffix == ".csv":
+                df = pd.read_csv(p)
+            elif p.suffix == ".parquet":
+                df = pd.read_parquet(p)
+            else:
+                raise UserError(f"dataset {spec}: expected .jsonl, .json, .csv, .parquet or .txt")
+        except ValueError as e:
+            raise UserError(f"dataset {spec} could not be read: {str(e).splitlines()[0]}") from None
+        return df.to_dict("records")
+    if spec.startswith((".", "/")) or spec.endswith((".jsonl", ".json", ".csv", ".parquet", ".txt")):
+        raise UserError(f"dataset not found: {spec}")
+    try:
+        import datasets
+
+        return list(datasets.load_dataset(spec, split=split))
+    except Exception as e:  # hub errors come in many types; offline is the common case
+        raise UserError(f"could not load dataset {spec!r} from the hub: {str(e).splitlines()[0][:200]}") from None
+
+
+def encode_record(tokenizer, rec: dict, prompt_style: str, max_len: int, text_field: str = "text",
+                  instruction_field: str = "instruction", answer_field: str = "answer") -> Encoded:
+    """uncond_generation: loss on the whole text (or instruction); vicuna: loss on the answer only."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    if prompt_style == "vicuna":
+        prompt = bos + tokenizer(VICUNA.format(rec[instruction_field]), add_special_tokens=False)["input_ids"]
+        resp = tokenizer(" " + str(rec[answer_field]), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt = prompt[: max(1, max_len - len(resp))]
+        return Encoded(prompt, resp[: max_len - len(prompt)])
+    text = rec.get(text_field, rec.get(instruction_field))
+    ids = tokenizer(str(text), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return Encoded(bos[:1] if bos else [tokenizer.eos_token_id], ids[: max_len - 1])

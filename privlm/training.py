@@ -169,12 +169,63 @@ def _log(run_dir: Path, record: dict):
         fh.write(json.dumps(record) + "\n")
 
 
+class PlainSteps:
+    """Shuffled fixed batches over the ranks (DistributedSampler); DeepSpeed accumulates `grad_accum`
+    micro-batches into one optimizer step and averages over ranks."""
+
+    def __init__(self, dataset, collate_fn: Callable, spec: TrainSpec, rank: int, world: int):
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        self.dataset, self.grad_accum = dataset, spec.grad_accum
+        self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed)
+        self.loader = DataLoader(dataset, batch_size=spec.micro_batch_size, sampler=self.sampler,
+                                 collate_fn=collate_fn)
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.loader) / self.grad_accum)
+
+    def bind(self, engine):
+        self.engine = engine
+
+    def epoch(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        group = []
+        for batch in self.loader:
+            group.append(batch)
+            if len(group) == self.grad_accum:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def run(self, micro_batches: list[dict]) -> float:
+        losses = []
+        for batch in micro_batches:
+            batch = {k: v.to(self.engine.device) for k, v in batch.items()}
+            loss = self.engine(**batch).loss
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.item())
+        return sum(losses) / len(losses)
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict):
+        pass
+
+
 def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_dir: Path, tokenizer,
-          extra_files: dict[str, object] | None = None, desc: str = "train") -> dict:
+          extra_files: dict[str, object] | None = None, desc: str = "train", steps_factory: Callable | None = None,
+          prepare_model: Callable | None = None) -> dict:
     """Train `model_path` on `dataset`, checkpointing into run_dir/checkpoints and saving run_dir/final_model.
-    A run killed mid-way resumes from its last checkpoint. Returns metrics (rank 0's view)."""
+    A run killed mid-way resumes from its last checkpoint. Returns metrics (rank 0's view).
+
+    `steps_factory(dataset, collate_fn, spec, rank, world)` chooses how logical steps are drawn and taken
+    (PlainSteps by default; privlm.dp.DPSteps for DP-SGD); `prepare_model(model)` can wrap the model (LoRA)."""
     import deepspeed
-    from torch.utils.data import DataLoader, DistributedSampler
     from tqdm.auto import tqdm
 
     rank_, world = init_distributed()
@@ -187,16 +238,18 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
         keep_alive = HfDeepSpeedConfig(cfg)  # noqa: F841 (must outlive from_pretrained)
     model = load_model(model_path, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
     model.config.use_cache = False
+    if prepare_model is not None:
+        model = prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = None if spec.offload else torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank_, shuffle=True, seed=spec.seed)
-    loader = DataLoader(dataset, batch_size=spec.micro_batch_size, sampler=sampler, collate_fn=collate_fn)
-    steps_per_epoch = math.ceil(len(loader) / spec.grad_accum)
+    steps = (steps_factory or PlainSteps)(dataset, collate_fn, spec, rank_, world)
+    steps_per_epoch = steps.steps_per_epoch()
     total_steps = steps_per_epoch * spec.epochs
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, optimizer=optimizer, config=cfg,
                                            lr_scheduler=_scheduler(spec.lr_scheduler, spec.warmup_steps,
                                                                    total_steps))
+    steps.bind(engine)
     reg = ForgettingRegularizer(engine) if spec.forgetting_lambda > 0 else None
 
     ckpt_dir = run_dir / "checkpoints"
@@ -204,6 +257,7 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
     if (ckpt_dir / "latest").is_file():
         _, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=True)
         start_epoch, history = client["epoch"], client.get("history", [])
+        steps.load_state(client.get("steps", {}))
         if rank_ == 0:
             print(f"[privlm] resuming from {ckpt_dir} at epoch {start_epoch}", flush=True)
             _log(run_dir, {"event": "resume", "epoch": start_epoch})
@@ -211,35 +265,26 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
     t0 = time.time()
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=desc, disable=rank_ != 0,
                dynamic_ncols=True)
-    dev = engine.device
     for epoch in range(start_epoch, spec.epochs):
-        sampler.set_epoch(epoch)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
         engine.train()
         losses = []
-        for i, batch in enumerate(loader):
-            batch = {k: v.to(dev) for k, v in batch.items()}
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.detach().float())
-            if engine.is_gradient_accumulation_boundary() or i == len(loader) - 1:
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1].item():.4f}")
-        mean = torch.stack(losses).mean()
+        for micro_batches in steps.epoch(epoch):
+            losses.append(steps.run(micro_batches))
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+        mean = torch.tensor(sum(losses) / max(1, len(losses)))
         if world > 1:
             torch.distributed.all_reduce(mean)
             mean /= world
         history.append({"epoch": epoch + 1, "loss": mean.item(), "lr": engine.get_lr()[0],
-                        "elapsed_s": round(time.time() - t0, 2)})
+                        "elapsed_s": round(time.time() - t0, 2), **steps.state()})
         last = epoch + 1 == spec.epochs
         if reg is not None and (spec.forgetting_schedule == "epoch" or last):
             reg.apply(spec.forgetting_lambda)
         if rank_ == 0:
             _log(run_dir, history[-1])
         if not last and (epoch + 1) % spec.save_every_epochs == 0:
-            _save_checkpoint(engine, ckpt_dir, epoch + 1, history)
+            _save_checkpoint(engine, ckpt_dir, epoch + 1, history, steps.state())
     bar.close()
 
     save_final(engine, tokenizer, run_dir / "final_model", extra_files or {})
@@ -247,12 +292,13 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
     if rank_ == 0 and not spec.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {"history": history, "train_seconds": round(time.time() - t0, 2), "world_size": world,
-            "optimizer_steps": total_steps}
+            "optimizer_steps": total_steps, **steps.state()}
 
 
-def _save_checkpoint(engine, ckpt_dir: Path, epoch: int, history: list):
+def _save_checkpoint(engine, ckpt_dir: Path, epoch: int, history: list, steps_state: dict):
     tag = f"epoch{epoch}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"epoch": epoch, "history": history})
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"epoch": epoch, "history": history,
+                                                                 "steps": steps_state})
     barrier()
     if is_main():  # keep only the newest checkpoint: a 7B model's optimizer state is ~100 GB
         for old in ckpt_dir.iterdir():

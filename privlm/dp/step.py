@@ -36,7 +36,9 @@ class DPStep:
         losses, norms = [], []
         for mb in micro_batches:
             mb = {k: v.to(dev) for k, v in mb.items()}
-            logits = eng(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+            # the module itself, not the engine: the engine's output hooks would scale these gradients for
+            # accumulation and refuse a backward that is not engine.backward
+            logits = eng.module(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
             loss = per_example_loss(logits, mb["labels"])
             s, n = clipped_sum(self.per_example.compute(loss), self.ledger.max_grad_norm)
             sums = s if sums is None else {p: sums[p] + s[p] for p in s}
@@ -54,3 +56,47 @@ class DPStep:
         self.last_norms = torch.cat(norms)
         loss = torch.cat(losses)
         return float(loss.mean()) if loss.numel() else float("nan")
+
+
+class DPSteps:
+    """The DP-SGD way of drawing and taking logical steps, for `training.train(steps_factory=...)`: Poisson
+    batches (or shuffled fixed ones on request), DPStep, and the privacy ledger carried in checkpoints."""
+
+    def __init__(self, dataset, collate_fn, spec, rank: int, world: int, *, ledger: Ledger, pad_example,
+                 shuffle_fixed: bool = False):
+        from ..errors import UserError
+        from .sampling import PoissonBatches
+
+        if spec.grad_accum != 1 or spec.grad_clip:
+            raise UserError("DP training accumulates and clips itself: use gradient accumulation 1 and no "
+                            "DeepSpeed gradient clipping")
+        if spec.zero_stage == 3:
+            raise UserError("DP training supports ZeRO stages 0-2")
+        self.dataset, self.collate_fn, self.pad_example = dataset, collate_fn, pad_example
+        self.ledger, self.seed, self.rank, self.world = ledger, spec.seed, rank, world
+        self.batches = PoissonBatches(len(dataset), ledger.sample_rate, spec.seed, rank, world,
+                                      spec.micro_batch_size, shuffle_fixed)
+
+    def steps_per_epoch(self) -> int:
+        return self.batches.steps_per_epoch()
+
+    def bind(self, engine):
+        self.step = DPStep(engine, self.ledger, self.batches.expected_batch_size, self.seed, self.rank, self.world)
+
+    def epoch(self, epoch: int):
+        spe = self.steps_per_epoch()
+        for k in range(spe):
+            yield [self.collate_fn([self.dataset[i] if i is not None else self.pad_example for i in mb])
+                   for mb in self.batches.micro_batches(epoch * spe + k)]
+
+    def run(self, micro_batches) -> float:
+        return self.step(micro_batches)
+
+    def state(self) -> dict:
+        self.ledger.update_epsilon()
+        return {"privacy": self.ledger.to_dict()}
+
+    def load_state(self, state: dict):
+        if "privacy" in state:
+            restored = Ledger.from_dict(state["privacy"])
+            self.ledger.steps, self.ledger.epsilon = restored.steps, restored.epsilon

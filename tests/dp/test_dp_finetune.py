@@ -1,0 +1,112 @@
+"""dp_finetune.py end to end on the tiny model: privacy report, ranks agree, invariants of the DP step."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import assert_user_error, run_script
+
+
+def test_privacy_report_prints_one_json_line():
+    args = ["--privacy_report", "--sample_rate", "0.01", "--steps", "1000", "--delta", "1e-5"]
+    p = run_script("dp_finetune.py", *args, "--noise_multiplier", "1.0")
+    assert p.returncode == 0, p.stderr
+    eps = json.loads(p.stdout.strip().splitlines()[-1])["epsilon"]
+    assert 1.0 < eps < 3.0
+    p = run_script("dp_finetune.py", *args, "--target_epsilon", str(eps))
+    sigma = json.loads(p.stdout.strip().splitlines()[-1])["noise_multiplier"]
+    assert sigma == pytest.approx(1.0, abs=0.02)
+    assert_user_error(run_script("dp_finetune.py", "--privacy_report", "--noise_multiplier", "1"), "--sample_rate")
+    assert_user_error(run_script("dp_finetune.py", *args[:-2], "--delta", "2", "--eps", "0"),
+                      "target_delta", "target_epsilon")
+
+
+def adapter(results):
+    (d,) = list((results / "dp_models").iterdir())
+    return load_file(str(d / "final_model" / "adapter_model.safetensors")), json.loads((d / "metrics.json").read_text())
+
+
+def test_two_ranks_give_the_same_update_as_one_with_noise_zero(tmp_path, tiny_model_dir):
+    args = ["--model_path", str(tiny_model_dir), "--dataset_path", "synthetic:24", "--noise_multiplier", "0",
+            "--clip", "0.05", "--perdevice_bs", "3", "--total_bs", "8", "--num_epochs", "1", "--max_seq_len", "40",
+            "--lr", "1e-2", "--deepspeed_stage", "2", "--delta", "1e-3"]
+    one = run_script("dp_finetune.py", *args, "--results_dir", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_script("dp_finetune.py", *args, "--results_dir", str(tmp_path / "two"), launcher="deepspeed", ranks=2)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    a, ma = adapter(tmp_path / "one")
+    b, mb = adapter(tmp_path / "two")
+    assert (ma["world_size"], mb["world_size"]) == (1, 2)
+    assert ma["privacy"]["steps"] == mb["privacy"]["steps"] == 3
+    assert a.keys() == b.keys() and all("lora" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def _engine(tiny_model_dir, stage=2):
+    import deepspeed
+
+    from privlm.training import TrainSpec, ds_config, init_distributed
+    from test_clipping import lora_model
+
+    init_distributed()
+    model = lora_model(tiny_model_dir)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1.0)  # update = -gradient, so the gradient can be read off the weights
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=opt,
+                                      config=ds_config(TrainSpec(zero_stage=stage, micro_batch_size=4, grad_clip=0.0), 1))
+    return engine
+
+
+def _micro_batches():
+    from test_clipping import batch
+
+    ids, mask, labels = batch(b=8, seed=5)
+    return [{"input_ids": ids[i:i + 4], "attention_mask": mask[i:i + 4], "labels": labels[i:i + 4]} for i in (0, 4)]
+
+
+def _snapshot(engine):
+    return {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_noise_zero_huge_c_is_the_non_private_step_and_only_lora_moves(tiny_model_dir, stage):
+    from privlm.dp.accountant import Ledger
+    from privlm.dp.clipping import per_example_loss
+    from privlm.dp.step import DPStep
+
+    engine = _engine(tiny_model_dir, stage)
+    mbs = _micro_batches()
+    before = _snapshot(engine)
+    # the non-private gradient: mean over the 8 examples of their own (token-mean) losses
+    loss = sum(per_example_loss(engine.module(input_ids=m["input_ids"], attention_mask=m["attention_mask"]).logits,
+                                m["labels"]).sum() for m in mbs) / 8
+    names = [n for n, p in engine.module.named_parameters() if p.requires_grad]
+    grads = dict(zip(names, torch.autograd.grad(loss, [p for p in engine.module.parameters() if p.requires_grad])))
+    ledger = Ledger(sample_rate=1.0, noise_multiplier=0.0, max_grad_norm=1e9, delta=1e-5)
+    DPStep(engine, ledger, expected_batch_size=8, seed=0, rank=0, world=1)(mbs)
+    after = _snapshot(engine)
+    for n in before:
+        if n in grads:
+            torch.testing.assert_close(before[n] - after[n], grads[n], rtol=1e-4, atol=1e-7)
+        else:
+            assert torch.equal(before[n], after[n]), f"frozen {n} changed"
+    assert ledger.steps == 1
+
+
+def test_noise_std_is_sigma_c_over_b(tiny_model_dir):
+    from privlm.dp.accountant import Ledger
+    from privlm.dp.step import DPStep
+
+    engine = _engine(tiny_model_dir)
+    before = _snapshot(engine)
+    sigma, C, B = 1e4, 1e-4, 8  # sigma*C = 1; clipped gradients are at most 1e-4 in norm
+    DPStep(engine, Ledger(sample_rate=1.0, noise_multiplier=sigma, max_grad_norm=C, delta=1e-5),
+           expected_batch_size=B, seed=3, rank=0, world=1)(_micro_batches())
+    after = _snapshot(engine)
+    moved = torch.cat([(before[n] - after[n]).flatten() for n, p in engine.module.named_parameters()
+                       if p.requires_grad])
+    assert moved.numel() > 2000
+    assert abs(moved.std().item() - sigma * C / B) < 0.05 * sigma * C / B
+    assert abs(moved.mean().item()) < 4 * sigma * C / B / moved.numel() ** 0.5
