@@ -52,8 +52,16 @@ class ModelArgs:
 class DatasetArgs:
     dataset_path: str = C.field("synthetic:256", aliases=("--dataset_name",),
                                 help="local .jsonl/.csv/.parquet/.txt, synthetic[:N], or a hub dataset")
-    dataset_mode: str = C.field("undefended", choices=["undefended"],
-                                help="undefended (scrubbed mode is not in this version)")
+    dataset_mode: str = C.field("undefended", choices=["undefended", "scrubbed"],
+                                help="scrubbed: PII replaced (Presidio) before training")
+    anon_token: str = C.field("<MASK>", help="what scrubbed PII becomes (unless pseudonymize)")
+    pseudonymize: bool = C.field(False, help="replace PII by consistent Faker pseudonyms instead of anon_token")
+    deny_list: str | None = C.field(None, help="names to scrub (JSON list or text file), or from_data for the "
+                                               "synthetic corpus' own names; needed for PERSON without an NER model")
+    scrub_entities: list[str] | None = C.field(None, help="Presidio entity types to scrub (default: all found)")
+    eval_dataset_path: str | None = C.field(None, help="held-out records (default: synthetic:64:1000 for the "
+                                                       "synthetic corpus, else the last eval_fraction of the data)")
+    eval_fraction: float = C.field(0.1)
     prompt_style: str = C.field("uncond_generation", choices=["uncond_generation", "vicuna"])
     text_field: str = C.field("text")
     limit_dataset_size: int | None = C.field(None)
@@ -143,6 +151,24 @@ def lora(cfg: ModelArgs):
     return wrap
 
 
+def evaluate(cfg: DPFinetuneConfig, final: Path, tok, train_records: list[dict], heldout: list[dict]) -> dict:
+    """Held-out loss and extraction of the (original, unscrubbed) training PII by the trained model."""
+    from privlm import pii_eval
+
+    model = models.load_model(cfg.model.model_path, dtype=cfg.model.dtype, device=models.device())
+    if cfg.model.peft == "lora":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(final))
+    else:
+        model = models.load_model(str(final), dtype=cfg.model.dtype, device=models.device())
+    model.eval()
+    enc = [data.encode_record(tok, r, cfg.dataset.prompt_style, cfg.model.tokenizer_max_length,
+                              cfg.dataset.text_field) for r in heldout]
+    return {"heldout_loss": pii_eval.heldout_loss(model, tok, enc),
+            "pii_extraction": pii_eval.extraction(model, tok, train_records)}
+
+
 @cli
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.parse(DPFinetuneConfig, argv, __doc__, extra_args=report_args)
@@ -155,11 +181,27 @@ def main(argv: list[str] | None = None) -> dict:
     from privlm.dp.step import DPSteps
     from privlm.training import TrainSpec, init_distributed, is_main, train
 
-    records = data.load_records(cfg.dataset.dataset_path)
-    if cfg.dataset.limit_dataset_size:
-        records = records[: cfg.dataset.limit_dataset_size]
+    ds = cfg.dataset
+    records = data.load_records(ds.dataset_path)
+    if ds.limit_dataset_size:
+        records = records[: ds.limit_dataset_size]
     if not records:
-        raise UserError(f"dataset {cfg.dataset.dataset_path} is empty")
+        raise UserError(f"dataset {ds.dataset_path} is empty")
+    if ds.eval_dataset_path:
+        heldout = data.load_records(ds.eval_dataset_path)
+    elif ds.dataset_path.startswith("synthetic"):
+        heldout = data.load_records("synthetic:64:1000")
+    else:
+        cut = max(1, int(len(records) * ds.eval_fraction))
+        records, heldout = records[:-cut], records[-cut:]
+    originals = records
+    scrub_report = None
+    if ds.dataset_mode == "scrubbed":
+        from privlm import scrub
+
+        records, scrub_report = scrub.scrub(records, ds.text_field, ds.anon_token, ds.pseudonymize,
+                                            scrub.load_deny_list(ds.deny_list, records), ds.scrub_entities)
+        print(f"[privlm] scrubbed {scrub_report['entities']} ({scrub_report['ner']})")
     n = len(records)
     t, pr = cfg.training, cfg.privacy
     q = min(1.0, t.total_train_batch_size / n)
@@ -205,8 +247,11 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = train(cfg.model.model_path, encoded, lambda b: data.collate(b, tok.pad_token_id), spec, run_dir, tok,
                     desc="dp-sgd" if cfg.dp else "fine-tune", steps_factory=factory,
                     prepare_model=lora(cfg.model) if cfg.model.peft == "lora" else None)
-    metrics.update(dataset_size=n, mode="dp" if cfg.dp else cfg.dataset.dataset_mode)
+    metrics.update(dataset_size=n, mode="dp" if cfg.dp else ds.dataset_mode, scrub=scrub_report)
     if is_main():
+        metrics["eval"] = evaluate(cfg, final, tok, originals, heldout)
+        print(f"[privlm] held-out loss {metrics['eval']['heldout_loss']:.4f}, PII extraction "
+              f"{metrics['eval']['pii_extraction']['rate']} of {metrics['eval']['pii_extraction']['n']} strings")
         atomic_write_json(run_dir / "metrics.json", metrics)
         if ledger is not None:
             led = metrics["privacy"]

@@ -173,11 +173,16 @@ def load_records(spec: str, split: str = "train") -> list[dict]:
     project's synthetic PII corpus (`synthetic` or `synthetic:N`), or from a hub dataset name when online."""
     import pandas as pd
 
-    if spec.startswith("synthetic"):
+    if spec.startswith("synthetic"):  # synthetic[:N[:seed]]
         from .synthetic import records
 
-        n = int(spec.split(":", 1)[1]) if ":" in spec else 512
-        return records(n)
+        parts = spec.split(":")
+        try:
+            n = int(parts[1]) if len(parts) > 1 else 512
+            seed = int(parts[2]) if len(parts) > 2 else 0
+        except ValueError:
+            raise UserError(f"dataset {spec}: expected synthetic, synthetic:N or synthetic:N:seed") from None
+        return records(n, seed)
     p = Path(spec)
     if p.exists():
         try:

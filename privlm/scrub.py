@@ -1,0 +1,144 @@
+"""PII scrubbing through Presidio.
+
+Offline, Presidio runs its pattern recognizers (EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, DATE_TIME, IP_ADDRESS,
+URL, ...) on a blank spaCy pipeline; we add a pattern for written-out dates ("24 September 1984") and a deny-list
+recognizer for names the user supplies. PERSON / LOCATION from free text need an NER model: when a spaCy
+`en_core_web_*` pipeline is installed it is used, otherwise the report says that no NER ran. Entities are replaced
+by a token (`<MASK>`) or by consistent Faker pseudonyms. Tagging is cached by content hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
+
+
+def _offline_tldextract():
+    """Presidio's e-mail/URL recognizers call tldextract, which would fetch the public suffix list: use the
+    snapshot bundled with tldextract instead."""
+    import tldextract
+    import tldextract.tldextract as tx
+
+    tx.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+
+def ner_model() -> str | None:
+    for name in ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_trf"):
+        if importlib.util.find_spec(name):
+            return name
+    return None
+
+
+def build_analyzer(deny_list: list[str] | None = None):
+    import spacy
+    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+
+    _offline_tldextract()
+    model = ner_model()
+    if model is None:
+        d = Path(tempfile.mkdtemp(prefix="privlm_spacy_"))
+        spacy.blank("en").to_disk(d)
+        model = str(d)
+    engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": model}])
+    engine.load()
+    registry = RecognizerRegistry()
+    registry.load_predefined_recognizers(nlp_engine=engine)
+    registry.add_recognizer(PatternRecognizer(
+        supported_entity="DATE_TIME", name="WrittenDateRecognizer",
+        patterns=[Pattern("written date", rf"\b\d{{1,2}} (?:{MONTHS}) \d{{4}}\b", 0.85),
+                  Pattern("written date us", rf"\b(?:{MONTHS}) \d{{1,2}}, \d{{4}}\b", 0.85)]))
+    if deny_list:
+        registry.add_recognizer(PatternRecognizer(supported_entity="PERSON", name="DenyListNames",
+                                                  deny_list=sorted(set(deny_list))))
+    return AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"]), ner_model()
+
+
+def _cache_path(texts: list[str], settings: dict) -> Path:
+    from .models import cache_dir
+
+    h = hashlib.sha256(json.dumps([settings, texts]).encode()).hexdigest()[:24]
+    return cache_dir() / "scrub" / f"{h}.json"
+
+
+def tag(texts: list[str], deny_list: list[str] | None = None, entities: list[str] | None = None,
+        threshold: float = 0.3) -> tuple[list[list[tuple[int, int, str]]], str | None]:
+    """Spans (start, end, entity) per text, overlaps resolved (longest, then highest score, wins)."""
+    from .io import atomic_write_json
+
+    settings = {"deny": sorted(set(deny_list or [])), "entities": entities, "threshold": threshold,
+                "ner": ner_model(), "v": 1}
+    path = _cache_path(texts, settings)
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        return [[tuple(s) for s in spans] for spans in cached["spans"]], cached["ner"]
+    analyzer, ner = build_analyzer(deny_list)
+    out = []
+    for text in texts:
+        res = analyzer.analyze(text=text, language="en", entities=entities, score_threshold=threshold)
+        res = sorted(res, key=lambda r: (-(r.end - r.start), -r.score))
+        taken: list[tuple[int, int, str]] = []
+        for r in res:
+            if all(r.end <= s or r.start >= e for s, e, _ in taken):
+                taken.append((r.start, r.end, r.entity_type))
+        out.append(sorted(taken))
+    atomic_write_json(path, {"spans": out, "ner": ner})
+    return out, ner
+
+
+def scrub(records: list[dict], text_field: str = "text", anon_token: str = "<MASK>", pseudonymize: bool = False,
+          deny_list: list[str] | None = None, entities: list[str] | None = None, seed: int = 0
+          ) -> tuple[list[dict], dict]:
+    """Copies of `records` with PII in `text_field` replaced; plus a report of what was found."""
+    texts = [str(r.get(text_field, "")) for r in records]
+    spans, ner = tag(texts, deny_list, entities)
+    fake, pseudo = None, {}
+    if pseudonymize:
+        from faker import Faker
+
+        fake = Faker("en_US")
+        fake.seed_instance(seed)
+    makers = {"PERSON": "name", "EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone_number", "DATE_TIME": "date",
+              "LOCATION": "city", "URL": "url", "IP_ADDRESS": "ipv4", "CREDIT_CARD": "credit_card_number"}
+    counts: dict[str, int] = {}
+    out = []
+    for rec, text, sp in zip(records, texts, spans):
+        for s, e, kind in sorted(sp, reverse=True):  # right to left keeps earlier offsets valid
+            counts[kind] = counts.get(kind, 0) + 1
+            if fake is not None:
+                key = (kind, text[s:e])
+                if key not in pseudo:
+                    pseudo[key] = str(getattr(fake, makers.get(kind, "word"))())
+                rep = pseudo[key]
+            else:
+                rep = anon_token
+            text = text[:s] + rep + text[e:]
+        out.append({**rec, text_field: text})
+    report = {"entities": dict(sorted(counts.items())), "records": len(records),
+              "replacement": "pseudonyms" if pseudonymize else anon_token,
+              "ner": ner or ("none: no NER model installed, so PERSON/LOCATION are found only through the "
+                             f"deny list ({len(set(deny_list or []))} names)")}
+    return out, report
+
+
+def load_deny_list(spec: str | None, records: list[dict]) -> list[str] | None:
+    """A JSON list or a text file (one name per line), or `from_data`: the names listed in the records' "pii"."""
+    if not spec:
+        return None
+    if spec == "from_data":
+        return [r["pii"]["name"] for r in records if isinstance(r.get("pii"), dict) and r["pii"].get("name")]
+    p = Path(spec)
+    if not p.is_file():
+        raise UserError(f"deny list not found: {spec}")
+    if p.suffix == ".json":
+        names = json.loads(p.read_text())
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise UserError(f"deny list {spec} must be a JSON list of strings")
+        return names
+    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
