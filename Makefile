@@ -10,7 +10,7 @@ export TRANSFORMERS_VERBOSITY ?= error
 # GPUs if there are any, else two CPU ranks
 NGPUS = $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo demo-dp test test-fast bench clean
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,13 @@ demo: venv
 	echo "[demo] wall time $$(( $$(date +%s) - start )) s; fingerprints: generated_data/demo_fingerprints.json;" \
 	     "model: results/demo_run/final_model; report: results/demo_check.json"
 
+# Private fine-tuning of the default model on the synthetic PII corpus: undefended vs scrubbed vs DP (eps=8).
+demo-dp: venv
+	@start=$$(date +%s); set -e; \
+	for c in undefended scrubbed dp8; do $(BIN)/python dp_finetune.py --config configs/dp/demo_$$c.yml; done; \
+	$(BIN)/python -m privlm.report dp results/dp_demo; \
+	echo "[demo-dp] wall time $$(( $$(date +%s) - start )) s"
+
 test: venv
 	$(BIN)/python -m pytest -q tests
 
@@ -39,6 +46,7 @@ test-fast: venv
 
 bench: venv
 	$(BIN)/python benchmarks/check_throughput.py
+	$(BIN)/python benchmarks/dp_overhead.py
 
 clean:
 	rm -rf results generated_data/demo_fingerprints.json

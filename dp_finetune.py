@@ -62,6 +62,8 @@ class DatasetArgs:
     eval_dataset_path: str | None = C.field(None, help="held-out records (default: synthetic:64:1000 for the "
                                                        "synthetic corpus, else the last eval_fraction of the data)")
     eval_fraction: float = C.field(0.1)
+    pii_eval_records: int | None = C.field(None, hash=False, help="measure PII extraction on this many training "
+                                                                   "records (default all)")
     prompt_style: str = C.field("uncond_generation", choices=["uncond_generation", "vicuna"])
     text_field: str = C.field("text")
     limit_dataset_size: int | None = C.field(None)
@@ -84,6 +86,8 @@ class TrainingArgs:
 
 @dataclass
 class DPFinetuneConfig:
+    SECTION_ALIASES = {"privacy_args": "privacy", "model_args": "model", "dataset_args": "dataset",
+                       "trainer_args": "training", "train_args": "training"}  # seed 001's YAML sections
     privacy: PrivacyArgs = field(default_factory=PrivacyArgs)
     model: ModelArgs = field(default_factory=ModelArgs)
     dataset: DatasetArgs = field(default_factory=DatasetArgs)
@@ -166,7 +170,7 @@ def evaluate(cfg: DPFinetuneConfig, final: Path, tok, train_records: list[dict],
     enc = [data.encode_record(tok, r, cfg.dataset.prompt_style, cfg.model.tokenizer_max_length,
                               cfg.dataset.text_field) for r in heldout]
     return {"heldout_loss": pii_eval.heldout_loss(model, tok, enc),
-            "pii_extraction": pii_eval.extraction(model, tok, train_records)}
+            "pii_extraction": pii_eval.extraction(model, tok, train_records[: cfg.dataset.pii_eval_records])}
 
 
 @cli

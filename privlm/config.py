@@ -180,7 +180,11 @@ def build(cls, values: dict[str, Any], problems: list[str] | None = None, source
     for path in leaves:
         by_leaf.setdefault(path.rsplit(".", 1)[-1], []).append(path)
     cfg = cls()
+    sections = getattr(cls, "SECTION_ALIASES", {})  # e.g. the seed's privacy_args -> privacy
     for key, raw in values.items():
+        head, _, rest = key.partition(".")
+        if rest and head in sections:
+            key = f"{sections[head]}.{rest}"
         path = key if key in leaves else (by_leaf.get(key, [None])[0] if len(by_leaf.get(key, [])) == 1 else None)
         if path is None:
             problems.append(f"{key}: unknown key in {source}")

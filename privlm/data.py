@@ -219,5 +219,7 @@ def encode_record(tokenizer, rec: dict, prompt_style: str, max_len: int, text_fi
         prompt = prompt[: max(1, max_len - len(resp))]
         return Encoded(prompt, resp[: max_len - len(prompt)])
     text = rec.get(text_field, rec.get(instruction_field))
+    if isinstance(text, (list, tuple)):  # e.g. ECHR's "facts": a list of paragraphs
+        text = "\n".join(map(str, text))
     ids = tokenizer(str(text), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return Encoded(bos[:1] if bos else [tokenizer.eos_token_id], ids[: max_len - 1])

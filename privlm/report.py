@@ -39,7 +39,51 @@ def collect(results: Path) -> list[dict]:
     return rows
 
 
+def dp_table(results: Path) -> list[dict]:
+    """One row per finished dp_finetune.py run under results/dp_models: mode, epsilon, held-out loss, extraction."""
+    rows = []
+    for run in sorted((results / "dp_models").glob("*/")):
+        m_file = run / "metrics.json"
+        if not m_file.is_file():
+            continue
+        m = json.loads(m_file.read_text())
+        ev = m.get("eval", {})
+        pii = ev.get("pii_extraction", {})
+        rows.append({"run": run.name, "mode": m.get("mode"),
+                     "epsilon": (m.get("privacy") or {}).get("epsilon", float("inf")),
+                     "heldout_loss": ev.get("heldout_loss"), "pii_extraction_rate": pii.get("rate"),
+                     "pii_extracted": pii.get("extracted"), "pii_strings": pii.get("n"),
+                     "pii_by_type": pii.get("by_type"), "train_seconds": m.get("train_seconds"),
+                     "scrubbed_entities": (m.get("scrub") or {}).get("entities")})
+    order = {"undefended": 0, "scrubbed": 1, "dp": 2}
+    return sorted(rows, key=lambda r: order.get(r["mode"], 3))
+
+
+def dp_main(results: Path) -> int:
+    from .plots import _plt
+
+    rows = dp_table(results)
+    atomic_write_json(results / "dp_table.json", rows)
+    print(f"\n{'mode':<12}{'epsilon':>9}{'held-out loss':>15}{'PII extracted':>16}{'train s':>9}")
+    for r in rows:
+        print(f"{r['mode']:<12}{r['epsilon']:>9.2f}{r['heldout_loss']:>15.4f}"
+              f"{r['pii_extracted']:>9}/{r['pii_strings']:<6}{r['train_seconds']:>9.0f}")
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    names = [f"{r['mode']}\neps={r['epsilon']:.1f}" if r["epsilon"] != float("inf") else r["mode"] for r in rows]
+    axes[0].bar(names, [r["pii_extraction_rate"] or 0 for r in rows], color=["C3", "C1", "C2"][: len(rows)])
+    axes[0].set_title("PII extraction rate (greedy, from prefix)")
+    axes[1].bar(names, [r["heldout_loss"] for r in rows], color=["C3", "C1", "C2"][: len(rows)])
+    axes[1].set_title("held-out loss")
+    fig.tight_layout()
+    fig.savefig(results / "dp_table.png", dpi=110)
+    print(f"[privlm] {results / 'dp_table.json'}, {results / 'dp_table.png'}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "dp":
+        return dp_main(Path(argv[1] if len(argv) > 1 else "results"))
     results = Path(argv[0] if argv else "results")
     rows = collect(results)
     buf = io.StringIO()
