@@ -110,3 +110,50 @@ def test_noise_std_is_sigma_c_over_b(tiny_model_dir):
     assert moved.numel() > 2000
     assert abs(moved.std().item() - sigma * C / B) < 0.05 * sigma * C / B
     assert abs(moved.mean().item()) < 4 * sigma * C / B / moved.numel() ** 0.5
+
+
+def test_bad_config_values_listed_in_one_line(tmp_path):
+    y = tmp_path / "c.yml"
+    y.write_text("privacy_args:\n  target_epsilon: 0\n  max_grad_norm_dp: -1\nmodel_args:\n  lora_r: 0\n"
+                 "trainer_args:\n  learning_rate: -3\n  bogus: 1\n")
+    p = run_script("dp_finetune.py", "--config", str(y), "--results_dir", str(tmp_path / "r"))
+    assert_user_error(p, "target_epsilon", "max_grad_norm_dp", "lora_r", "learning_rate", "bogus")
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_after_kill_continues_the_ledger(tmp_path, tiny_model_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    args = ["--model_path", str(tiny_model_dir), "--dataset_path", "synthetic:16", "--eps", "8", "--perdevice_bs",
+            "4", "--total_bs", "4", "--num_epochs", "12", "--max_seq_len", "32", "--lr", "1e-3", "--pii_eval_records",
+            "2", "--eval_dataset_path", "synthetic:2:9"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "dp_finetune.py"), *args, "--results_dir", str(killed)],
+                            cwd=ROOT, env={**os.environ, "DS_ACCELERATOR": "cpu"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list(killed.glob("dp_models/*/checkpoints/latest")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_script("dp_finetune.py", *args, "--results_dir", str(killed))
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-2000:]
+    straight = run_script("dp_finetune.py", *args, "--results_dir", str(tmp_path / "straight"))
+    assert straight.returncode == 0
+    (a,) = list((killed / "dp_models").iterdir())
+    (b,) = list((tmp_path / "straight" / "dp_models").iterdir())
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma["privacy"] == mb["privacy"] and ma["privacy"]["steps"] == 12 * 4
+    assert 7.0 < ma["privacy"]["epsilon"] <= 8.0
+    wa, wb = (load_file(str(d / "final_model" / "adapter_model.safetensors")) for d in (a, b))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,44 @@
+import pytest
+
+from privlm import scrub, synthetic
+from privlm.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def recs():
+    return synthetic.records(12, seed=3)
+
+
+def test_mask_replaces_pattern_entities_and_deny_list_names(recs, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVLM_CACHE", str(tmp_path))
+    out, report = scrub.scrub(recs, deny_list=scrub.load_deny_list("from_data", recs))
+    for r, o in zip(recs, out):
+        for kind in ("email", "name", "date"):
+            assert r["pii"][kind] not in o["text"], (kind, o["text"])
+        assert "<MASK>" in o["text"]
+        assert r["pii"]["company"] in o["text"], "non-PII text is kept"
+    assert report["entities"]["EMAIL_ADDRESS"] == 12 and report["entities"]["PERSON"] == 12
+    assert report["entities"]["DATE_TIME"] >= 12
+    assert "deny list (12 names)" in report["ner"] or report["ner"].startswith("en_core_web")
+    # tagging is cached by content: a second call must not build an analyzer
+    monkeypatch.setattr(scrub, "build_analyzer", lambda *a, **k: pytest.fail("not cached"))
+    again, _ = scrub.scrub(recs, deny_list=scrub.load_deny_list("from_data", recs))
+    assert again == out
+
+
+def test_pseudonyms_are_consistent(recs, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVLM_CACHE", str(tmp_path))
+    twice = [dict(recs[0], id=0), dict(recs[0], id=1)]
+    out, report = scrub.scrub(twice, pseudonymize=True, deny_list=[recs[0]["pii"]["name"]])
+    assert out[0]["text"] == out[1]["text"] and "<MASK>" not in out[0]["text"]
+    assert recs[0]["pii"]["email"] not in out[0]["text"] and report["replacement"] == "pseudonyms"
+
+
+def test_deny_list_files(tmp_path):
+    (tmp_path / "names.txt").write_text("Ann Lee\n\nBo Chen\n")
+    assert scrub.load_deny_list(str(tmp_path / "names.txt"), []) == ["Ann Lee", "Bo Chen"]
+    (tmp_path / "bad.json").write_text('{"a": 1}')
+    with pytest.raises(UserError, match="JSON list"):
+        scrub.load_deny_list(str(tmp_path / "bad.json"), [])
+    with pytest.raises(UserError, match="not found"):
+        scrub.load_deny_list(str(tmp_path / "none.txt"), [])
