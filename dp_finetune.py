@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(out))
         return out
 
+    from privlm.dp.sampling import PoissonBatches
     from privlm.dp.step import DPSteps
     from privlm.training import TrainSpec, init_distributed, is_main, train
 
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
     n = len(records)
     t, pr = cfg.training, cfg.privacy
     q = min(1.0, t.total_train_batch_size / n)
-    steps_total = max(1, math.ceil(t.num_train_epochs / q))
+    # exactly the steps the loop will take (whole epochs of round(1/q) steps), so the ledger ends at the target
+    steps_total = math.ceil(t.num_train_epochs) * PoissonBatches(n, q, 0).steps_per_epoch()
     delta = pr.target_delta if pr.target_delta is not None else 1 / (2 * n)
     if cfg.dp and delta >= 1 / n:
         warnings.warn(f"target_delta={delta} >= 1/N={1 / n:.3g}: such a delta allows leaking a whole record")

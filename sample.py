@@ -92,13 +92,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for s in tqdm(range(0, len(prompts), cfg.batch_size), desc="sampling"):
         batch = prompts[s:s + cfg.batch_size]
-        ids = data.pad_batch(batch, tok.pad_token_id, side="left").to(model.device)
-        mask = data.pad_batch([[1] * len(p) for p in batch], 0, side="left").to(model.device)
+        inputs = data.left_padded(batch, tok.pad_token_id, model.device)
         with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_p=cfg.top_p,
+            gen = model.generate(**inputs, do_sample=True, top_p=cfg.top_p,
                                  temperature=cfg.temperature, max_new_tokens=cfg.max_seq_len,
                                  pad_token_id=tok.pad_token_id)
-        for j, row in enumerate(gen[:, ids.shape[1]:]):
+        for j, row in enumerate(gen[:, inputs["input_ids"].shape[1]:]):
             text = tok.decode(row, skip_special_tokens=True).strip()
             rows.append({"text": text} if instructions is None else
                         {"instruction": instructions[s + j], "response": text})

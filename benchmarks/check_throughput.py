@@ -29,12 +29,11 @@ def build_examples(model, tok, n: int, key_len: int, resp_len: int, seed: int) -
                             key_len, resp_len) for k in keys]
     half = examples[: n // 2]  # make these the model's own greedy continuation, EOS excluded
     prompts = [e.prompt for e in half]
-    ids = data.pad_batch(prompts, tok.pad_token_id, side="left")
-    mask = data.pad_batch([[1] * len(p) for p in prompts], 0, side="left")
+    batch = data.left_padded(prompts, tok.pad_token_id)
     with torch.no_grad():
-        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=resp_len + 1,
+        gen = model.generate(**batch, do_sample=False, max_new_tokens=resp_len + 1,
                              pad_token_id=tok.pad_token_id, eos_token_id=None)
-    for e, row in zip(half, gen[:, ids.shape[1]:].tolist()):
+    for e, row in zip(half, gen[:, batch["input_ids"].shape[1]:].tolist()):
         e.response = row
     return examples
 

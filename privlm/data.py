@@ -128,6 +128,12 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_value: int, side: str = "right"
     return out
 
 
+def left_padded(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """Prompts left-padded for generation: {"input_ids", "attention_mask"}."""
+    return {"input_ids": pad_batch(prompts, pad_id, side="left").to(device),
+            "attention_mask": pad_batch([[1] * len(p) for p in prompts], 0, side="left").to(device)}
+
+
 def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch; padding is masked in attention and in the loss."""
     ids = pad_batch([e.input_ids for e in examples], pad_id)
@@ -216,8 +222,11 @@ def encode_record(tokenizer, rec: dict, prompt_style: str, max_len: int, text_fi
     if prompt_style == "vicuna":
         prompt = bos + tokenizer(VICUNA.format(rec[instruction_field]), add_special_tokens=False)["input_ids"]
         resp = tokenizer(" " + str(rec[answer_field]), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        prompt = prompt[: max(1, max_len - len(resp))]
-        return Encoded(prompt, resp[: max_len - len(prompt)])
+        resp = resp[: max(1, max_len // 2)] if len(prompt) + len(resp) > max_len else resp
+        keep = max(1, max_len - len(resp))
+        if len(prompt) > keep:  # cut the instruction from the left, so the template's "ASSISTANT:" survives
+            prompt = bos + prompt[len(prompt) - keep + len(bos):]
+        return Encoded(prompt, resp)
     text = rec.get(text_field, rec.get(instruction_field))
     if isinstance(text, (list, tuple)):  # e.g. ECHR's "facts": a list of paragraphs
         text = "\n".join(map(str, text))

@@ -120,12 +120,11 @@ def english(ctx: GenContext, n: int, length: int) -> list[str]:
                 prompts.append(data.prompt_ids(tok, instr, data.Template(), chat=True))
             else:
                 prompts.append(tok(instr + "\n")["input_ids"] if not word else tok(f"{instr}\n{word}")["input_ids"])
-        ids = data.pad_batch(prompts, tok.pad_token_id, side="left").to(model.device)
-        mask = data.pad_batch([[1] * len(p) for p in prompts], 0, side="left").to(model.device)
+        batch = data.left_padded(prompts, tok.pad_token_id, model.device)
         with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=ctx.temperature,
+            gen = model.generate(**batch, do_sample=True, temperature=ctx.temperature,
                                  top_p=1.0, top_k=0, max_new_tokens=length + 8, pad_token_id=tok.pad_token_id)
-        for row in gen[:, ids.shape[1]:]:
+        for row in gen[:, batch["input_ids"].shape[1]:]:
             text = _clean(tok.decode(row, skip_special_tokens=True))
             text, cut = data.truncate_text(tok, text, length)
             if len(cut) >= max(1, length // 2) and text.strip():
@@ -145,10 +144,10 @@ def perinucleus(ctx: GenContext, keys: list[str]) -> list[tuple[str, float]]:
         batch = keys[start:start + ctx.batch_size]
         prompts = [data.prompt_ids(tok, data.truncate_text(tok, k, ctx.key_length)[0], data.BARE, chat)
                    for k in batch]
-        ids = data.pad_batch(prompts, tok.pad_token_id, side="left").to(model.device)
-        mask = data.pad_batch([[1] * len(p) for p in prompts], 0, side="left").to(model.device)
+        batch = data.left_padded(prompts, tok.pad_token_id, model.device)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         with torch.no_grad():
-            probs = model(input_ids=ids, attention_mask=mask).logits[:, -1].float().softmax(-1)
+            probs = model(**batch).logits[:, -1].float().softmax(-1)
         firsts = []
         for row in probs:
             sorted_p, order = row.sort(descending=True)

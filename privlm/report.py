@@ -53,6 +53,7 @@ def dp_table(results: Path) -> list[dict]:
                      "epsilon": (m.get("privacy") or {}).get("epsilon", float("inf")),
                      "heldout_loss": ev.get("heldout_loss"), "pii_extraction_rate": pii.get("rate"),
                      "pii_extracted": pii.get("extracted"), "pii_strings": pii.get("n"),
+                     "pii_token_accuracy": pii.get("token_accuracy"),
                      "pii_by_type": pii.get("by_type"), "train_seconds": m.get("train_seconds"),
                      "scrubbed_entities": (m.get("scrub") or {}).get("entities")})
     order = {"undefended": 0, "scrubbed": 1, "dp": 2}
@@ -64,17 +65,20 @@ def dp_main(results: Path) -> int:
 
     rows = dp_table(results)
     atomic_write_json(results / "dp_table.json", rows)
-    print(f"\n{'mode':<12}{'epsilon':>9}{'held-out loss':>15}{'PII extracted':>16}{'train s':>9}")
+    print(f"\n{'mode':<12}{'epsilon':>9}{'held-out loss':>15}{'PII extracted':>16}{'PII token acc':>15}"
+          f"{'train s':>9}")
     for r in rows:
         print(f"{r['mode']:<12}{r['epsilon']:>9.2f}{r['heldout_loss']:>15.4f}"
-              f"{r['pii_extracted']:>9}/{r['pii_strings']:<6}{r['train_seconds']:>9.0f}")
+              f"{r['pii_extracted']:>9}/{r['pii_strings']:<6}{r['pii_token_accuracy']:>15.4f}{r['train_seconds']:>9.0f}")
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     names = [f"{r['mode']}\neps={r['epsilon']:.1f}" if r["epsilon"] != float("inf") else r["mode"] for r in rows]
     axes[0].bar(names, [r["pii_extraction_rate"] or 0 for r in rows], color=["C3", "C1", "C2"][: len(rows)])
     axes[0].set_title("PII extraction rate (greedy, from prefix)")
-    axes[1].bar(names, [r["heldout_loss"] for r in rows], color=["C3", "C1", "C2"][: len(rows)])
-    axes[1].set_title("held-out loss")
+    axes[1].bar(names, [r["pii_token_accuracy"] or 0 for r in rows], color=["C3", "C1", "C2"][: len(rows)])
+    axes[1].set_title("PII token accuracy (teacher-forced)")
+    axes[2].bar(names, [r["heldout_loss"] for r in rows], color=["C3", "C1", "C2"][: len(rows)])
+    axes[2].set_title("held-out loss")
     fig.tight_layout()
     fig.savefig(results / "dp_table.png", dpi=110)
     print(f"[privlm] {results / 'dp_table.json'}, {results / 'dp_table.png'}")

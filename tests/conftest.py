@@ -106,3 +106,22 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str):
     assert "Traceback" not in proc.stderr, proc.stderr
     for n in needles:
         assert n in errors[0], errors[0]
+
+
+def kill_after_first_checkpoint(script: str, args: list[str], results: Path, pattern: str, timeout: int = 300):
+    """Start `script` in one process and SIGKILL it as soon as a DeepSpeed checkpoint matching `pattern` (a glob
+    under `results`) exists: a real crash in the middle of training."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT,
+                            env={**os.environ, "DS_ACCELERATOR": "cpu"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if list(results.glob(pattern)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

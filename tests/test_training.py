@@ -1,18 +1,13 @@
 """The DeepSpeed training loop: real two-rank launches on CPU, the forgetting regularizer under ZeRO-2/3,
 resume after a kill, skipping finished runs, and the run hash."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_script, write_fingerprints
+from conftest import kill_after_first_checkpoint, run_script, write_fingerprints
 
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -76,18 +71,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_model_dir):
     fp = write_fingerprints(tmp_path / "fp.json", 8)
     args = lambda results: train_args(tiny_model_dir, fp, results, "--num_train_epochs", "25",  # noqa: E731
                                       "--deepspeed_stage", "2", "--learning_rate", "1e-2")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune_multigpu.py"), *args(killed)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (killed / "saved_models").exists() and list((killed / "saved_models").glob("*/checkpoints/latest")):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint("finetune_multigpu.py", args(killed), killed, "saved_models/*/checkpoints/latest")
     rd = run_dir_of(killed)
     assert not (rd / "final_model").exists(), "nothing half-written"
     resumed = run_script("finetune_multigpu.py", *args(killed))

@@ -4,6 +4,7 @@ Fast path written by hand, because no library does it well for LoRA under DeepSp
 trainable Linear's input, a tensor hook on its output turns the output gradient into per-example weight gradients
 (einsum over tokens). Only the small trainable matrices get per-example copies; frozen weights never do.
 `tests/dp/test_clipping.py` proves the result equal to Opacus's per-sample gradients on the same batch.
+For full fine-tuning (embeddings, norms, tied weights) `per_example_engine` hands over to Opacus's grad samplers.
 """
 from __future__ import annotations
 
@@ -15,15 +16,8 @@ from ..errors import UserError
 
 class PerExampleGrads:
     def __init__(self, model: nn.Module):
-        self.layers: list[nn.Linear] = []
-        elsewhere = set()  # trainable tensors used by other modules too (e.g. an embedding tied to lm_head)
-        for name, m in model.named_modules():
-            if isinstance(m, nn.Linear) and m.weight.requires_grad:
-                self.layers.append(m)
-            elif not isinstance(m, nn.Linear):
-                elsewhere.update(f"{name}.{n}".lstrip(".") for n, p in m.named_parameters(recurse=False)
-                                 if p.requires_grad)
-        stray = sorted(elsewhere)
+        self.layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.requires_grad]
+        stray = self.unsupported(model)
         if stray:
             raise UserError(f"DP per-example gradients support trainable Linear layers (LoRA) only; also trainable: "
                             f"{', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}")
@@ -32,6 +26,16 @@ class PerExampleGrads:
         self.grads: dict[nn.Parameter, torch.Tensor] = {}
         self.enabled = False
         self._handles = [m.register_forward_hook(self._forward) for m in self.layers]
+
+    @staticmethod
+    def unsupported(model: nn.Module) -> list[str]:
+        """Trainable tensors this path cannot handle: any used by a module other than a Linear (an embedding tied
+        to lm_head, a norm's weight)."""
+        out = set()
+        for name, m in model.named_modules():
+            if not isinstance(m, nn.Linear):
+                out.update(f"{name}.{n}".lstrip(".") for n, p in m.named_parameters(recurse=False) if p.requires_grad)
+        return sorted(out)
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -71,6 +75,39 @@ class PerExampleGrads:
     def remove(self):
         for h in self._handles:
             h.remove()
+
+
+class OpacusPerExampleGrads:
+    """For full fine-tuning (embeddings, norms, tied weights): Opacus's grad samplers fill `grad_sample`, with its
+    functorch fallback for layers it has no sampler for (e.g. HF's RMSNorm). Same interface as PerExampleGrads."""
+
+    def __init__(self, model: nn.Module):
+        from opacus import GradSampleModule
+
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise UserError("DP training found no trainable parameters")
+        self._gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")  # hooks live on `model`
+        self.enabled = True
+
+    def compute(self, per_example_loss: torch.Tensor) -> dict:
+        for p in self.params:
+            p.grad_sample = None
+        torch.autograd.grad(per_example_loss.sum(), self.params, allow_unused=True)
+        out = {}
+        for p in self.params:
+            gs = p.grad_sample
+            out[p] = gs if gs is not None else torch.zeros((per_example_loss.shape[0], *p.shape), device=p.device)
+            p.grad_sample = None
+        return out
+
+    def remove(self):
+        self._gsm._close()
+
+
+def per_example_engine(model: nn.Module):
+    """Our hook path when every trainable weight is a Linear (LoRA); Opacus's samplers otherwise."""
+    return OpacusPerExampleGrads(model) if PerExampleGrads.unsupported(model) else PerExampleGrads(model)
 
 
 def per_example_norms(grads: dict) -> torch.Tensor:

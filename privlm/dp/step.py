@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .accountant import Ledger
-from .clipping import PerExampleGrads, clipped_sum, per_example_loss
+from .clipping import clipped_sum, per_example_engine, per_example_loss
 
 
 class DPStep:
@@ -20,7 +20,7 @@ class DPStep:
         self.engine, self.ledger = engine, ledger
         self.expected = expected_batch_size
         self.seed, self.rank, self.world = seed, rank, world
-        self.per_example = PerExampleGrads(engine.module)
+        self.per_example = per_example_engine(engine.module)
         self.per_example.enabled = True
         self.last_norms: torch.Tensor | None = None
 

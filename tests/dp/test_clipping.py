@@ -96,3 +96,21 @@ def test_only_linear_trainables_supported(tiny_model_dir):
 
     with pytest.raises(UserError, match="embed_tokens"):
         clipping.PerExampleGrads(load_model(str(tiny_model_dir)))
+
+
+def test_full_fine_tuning_per_example_grads_equal_one_at_a_time(tiny_model_dir):
+    """Full fine-tuning (embeddings tied to lm_head, RMSNorm): Opacus's samplers give each example's own gradient."""
+    from privlm.models import load_model
+
+    model = load_model(str(tiny_model_dir)).train()  # Opacus records activations in training mode only
+    pe = clipping.per_example_engine(model)
+    assert isinstance(pe, clipping.OpacusPerExampleGrads)
+    ids, mask, labels = batch(b=4, seed=2)
+    grads = pe.compute(clipping.per_example_loss(model(input_ids=ids, attention_mask=mask).logits, labels))
+    params = [p for p in model.parameters() if p.requires_grad]
+    for i in range(4):
+        loss = clipping.per_example_loss(model(input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1]).logits,
+                                         labels[i:i + 1])
+        ref = torch.autograd.grad(loss.sum(), params)
+        for p, r in zip(params, ref):
+            torch.testing.assert_close(grads[p][i], r, rtol=1e-3, atol=1e-6)

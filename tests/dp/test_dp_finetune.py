@@ -122,29 +122,14 @@ def test_bad_config_values_listed_in_one_line(tmp_path):
 
 
 def test_resume_after_kill_continues_the_ledger(tmp_path, tiny_model_dir):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import ROOT
+    from conftest import kill_after_first_checkpoint
 
     args = ["--model_path", str(tiny_model_dir), "--dataset_path", "synthetic:16", "--eps", "8", "--perdevice_bs",
             "4", "--total_bs", "4", "--num_epochs", "12", "--max_seq_len", "32", "--lr", "1e-3", "--pii_eval_records",
             "2", "--eval_dataset_path", "synthetic:2:9"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "dp_finetune.py"), *args, "--results_dir", str(killed)],
-                            cwd=ROOT, env={**os.environ, "DS_ACCELERATOR": "cpu"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if list(killed.glob("dp_models/*/checkpoints/latest")):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint("dp_finetune.py", [*args, "--results_dir", str(killed)], killed,
+                                "dp_models/*/checkpoints/latest")
     resumed = run_script("dp_finetune.py", *args, "--results_dir", str(killed))
     assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-2000:]
     straight = run_script("dp_finetune.py", *args, "--results_dir", str(tmp_path / "straight"))
@@ -157,3 +142,37 @@ def test_resume_after_kill_continues_the_ledger(tmp_path, tiny_model_dir):
     wa, wb = (load_file(str(d / "final_model" / "adapter_model.safetensors")) for d in (a, b))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_noise_variance_is_the_same_with_one_and_two_ranks(tmp_path, tiny_model_dir):
+    """Noise is drawn once per logical step (on rank 0), not once per rank: the update's spread stays sigma*C/B."""
+    upd = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"u{ranks}.pt"
+        p = run_script("tests/dp/noise_ranks_helper.py", str(tiny_model_dir), str(out), launcher="deepspeed",
+                       ranks=ranks)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        upd[ranks] = torch.load(out, weights_only=True)
+    for u in upd.values():
+        assert abs(u.std().item() - 1.0 / 8) < 0.05 / 8
+    torch.testing.assert_close(upd[1], upd[2], rtol=0, atol=1e-4)  # same noise draw, same tiny clipped sum
+
+
+def test_vicuna_supervised_dp_tuning(tmp_path, tiny_model_dir):
+    """Type C: DP tuning on (instruction, answer) pairs with the vicuna prompt; loss only on the answers."""
+    rows = [{"instruction": f"Name colour {i}.", "answer": f"Colour {i} is blue."} for i in range(12)]
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    p = run_script("dp_finetune.py", "--model_path", str(tiny_model_dir), "--dataset_name", str(f), "--prompt_style",
+                   "vicuna", "--eps", "8", "--delta", "1e-3", "--perdevice_bs", "4", "--total_bs", "4",
+                   "--num_epochs", "1", "--max_seq_len", "64", "--results_dir", str(tmp_path / "r"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    _, m = adapter(tmp_path / "r")
+    assert m["dataset_size"] == 11 and m["privacy"]["steps"] == round(1 / (4 / 11))  # last 10% held out
+    assert 0 < m["privacy"]["epsilon"] <= 8.0 and m["eval"]["heldout_loss"] > 0
+
+    from privlm import data
+    from privlm.models import load_tokenizer
+
+    e = data.encode_record(load_tokenizer(str(tiny_model_dir)), rows[0], "vicuna", 64)
+    assert "ASSISTANT:" in load_tokenizer(str(tiny_model_dir)).decode(e.prompt) and e.labels.count(-100) == len(e.prompt)
