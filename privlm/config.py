@@ -171,6 +171,13 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def _canonical(cls, key: str) -> str:
+    """Map a section alias (e.g. the seed's `privacy_args.x`) to the config's own section name."""
+    head, _, rest = key.partition(".")
+    sections = getattr(cls, "SECTION_ALIASES", {})
+    return f"{sections[head]}.{rest}" if rest and head in sections else key
+
+
 def build(cls, values: dict[str, Any], problems: list[str] | None = None, source: str = "config"):
     """Make a `cls` from dotted-path values; append problems (unknown keys, bad types) to `problems`."""
     own = problems is None
@@ -180,11 +187,8 @@ def build(cls, values: dict[str, Any], problems: list[str] | None = None, source
     for path in leaves:
         by_leaf.setdefault(path.rsplit(".", 1)[-1], []).append(path)
     cfg = cls()
-    sections = getattr(cls, "SECTION_ALIASES", {})  # e.g. the seed's privacy_args -> privacy
     for key, raw in values.items():
-        head, _, rest = key.partition(".")
-        if rest and head in sections:
-            key = f"{sections[head]}.{rest}"
+        key = _canonical(cls, key)
         path = key if key in leaves else (by_leaf.get(key, [None])[0] if len(by_leaf.get(key, [])) == 1 else None)
         if path is None:
             problems.append(f"{key}: unknown key in {source}")
@@ -267,7 +271,7 @@ def parse(cls, argv: list[str] | None = None, description: str = "", extra_args=
     if problems:
         raise UserError("invalid configuration: " + "; ".join(problems))
     explicit = set()
-    for key in values:
+    for key in map(lambda k: _canonical(cls, k), values):
         if key in leaves:
             explicit.add(key)
         else:

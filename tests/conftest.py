@@ -77,10 +77,20 @@ def write_fingerprints(path: Path, n: int, seed: int = 0, key_words: int = 4, re
     return path
 
 
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(**extra) -> dict:
+    """The environment for a script launched by a test: without the rendezvous variables that an in-process
+    test's init_distributed() put into this process (a child would reuse this process's port)."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    return {**env, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", **extra}
+
+
 def run_script(script: str, *args: str, launcher: str = "python", ranks: int = 2, timeout: int = 600,
                cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run an entry script as a user would: plain python, or `deepspeed --num_gpus N` (CPU ranks here)."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+    env = child_env()
     bindir = Path(sys.executable).parent
     if launcher == "deepspeed":
         cmd = [str(bindir / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(_free_port()),
@@ -114,8 +124,8 @@ def kill_after_first_checkpoint(script: str, args: list[str], results: Path, pat
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT,
-                            env={**os.environ, "DS_ACCELERATOR": "cpu"}, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=child_env(),
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:

@@ -1,14 +1,13 @@
 """launch_multigpu.sh: a real (tiny, CPU) grid of two runs, checked and collected; a second sweep skips both."""
 import csv
-import os
 import subprocess
 import sys
 
-from conftest import ROOT, write_fingerprints
+from conftest import ROOT, child_env, write_fingerprints
 
 
 def sweep(tmp_path, tiny_model_dir, fp):
-    env = {**os.environ, "PY": sys.executable, "GPUS": "", "CPU_RANKS": "2", "MODELS": str(tiny_model_dir),
+    env = {**child_env(), "PY": sys.executable, "GPUS": "", "CPU_RANKS": "2", "MODELS": str(tiny_model_dir),
            "FINGERPRINTS_FILE": str(fp), "NUM_FINGERPRINTS": "4", "KEY_LENGTHS": "8", "RESPONSE_LENGTHS": "2",
            "LAMBDAS": "0.0 1.0", "LEARNING_RATES": "1e-2", "EPOCHS": "1", "BATCH_SIZE": "2",
            "RESULTS": str(tmp_path / "results"), "EXTRA_ARGS": "--prompt_format raw"}
