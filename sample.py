@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from privlm import config as C
 from privlm import data, models
 from privlm.errors import UserError, cli
-from privlm.io import atomic_write_text, refuse_existing
+from privlm.io import atomic_write_text, read_string_list, refuse_existing
 
 
 @dataclass
@@ -54,15 +54,7 @@ class SampleConfig:
 
 
 def load_instructions(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"instruction file not found: {path}")
-    if p.suffix == ".json":
-        items = json.loads(p.read_text())
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise UserError(f"instruction file {path} must be a JSON list of strings")
-    else:
-        items = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    items = read_string_list(path, "instruction file")
     if not items:
         raise UserError(f"instruction file {path} holds no instructions")
     return items

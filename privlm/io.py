@@ -65,6 +65,19 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise UserError(f"{what} {path} is not UTF-8 text") from None
 
 
+def read_string_list(path: str | Path, what: str) -> list[str]:
+    """A JSON list of strings (.json), or a text file with one item per non-empty line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} not found: {path}")
+    if p.suffix == ".json":
+        items = read_json(p, what)
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise UserError(f"{what} {path} must be a JSON list of strings")
+        return items
+    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+
+
 def refuse_existing(path: str | Path, overwrite: bool, flag: str = "--overwrite"):
     if Path(path).exists() and not overwrite:
         raise UserError(f"output file {path} already exists; pass {flag} to replace it")

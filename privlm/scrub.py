@@ -14,7 +14,6 @@ import json
 import tempfile
 from pathlib import Path
 
-from .errors import UserError
 
 MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
 
@@ -133,12 +132,6 @@ def load_deny_list(spec: str | None, records: list[dict]) -> list[str] | None:
         return None
     if spec == "from_data":
         return [r["pii"]["name"] for r in records if isinstance(r.get("pii"), dict) and r["pii"].get("name")]
-    p = Path(spec)
-    if not p.is_file():
-        raise UserError(f"deny list not found: {spec}")
-    if p.suffix == ".json":
-        names = json.loads(p.read_text())
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise UserError(f"deny list {spec} must be a JSON list of strings")
-        return names
-    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    from .io import read_string_list
+
+    return read_string_list(spec, "deny list")

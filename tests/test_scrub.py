@@ -42,3 +42,6 @@ def test_deny_list_files(tmp_path):
         scrub.load_deny_list(str(tmp_path / "bad.json"), [])
     with pytest.raises(UserError, match="not found"):
         scrub.load_deny_list(str(tmp_path / "none.txt"), [])
+    (tmp_path / "broken.json").write_text('["Ann Lee", ')
+    with pytest.raises(UserError, match="not valid JSON"):
+        scrub.load_deny_list(str(tmp_path / "broken.json"), [])
