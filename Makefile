@@ -10,7 +10,7 @@ export TRANSFORMERS_VERBOSITY ?= error
 # GPUs if there are any, else two CPU ranks
 NGPUS = $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
 
-.PHONY: venv demo demo-dp test test-fast bench clean
+.PHONY: venv demo demo-dp demo-mosaic test test-fast bench clean
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,24 @@ demo-dp: venv
 	for c in undefended scrubbed dp8; do $(BIN)/python dp_finetune.py --config configs/dp/demo_$$c.yml; done; \
 	$(BIN)/python -m privlm.report dp results/dp_demo; \
 	echo "[demo-dp] wall time $$(( $$(date +%s) - start )) s"
+
+# Mosaic memory on the default model: canaries, exact and fuzzy (mlm / random) duplicates in one injected corpus,
+# one fine-tuned target, every MIA attack per group, rho, a near-duplicate scan, figures. Finished steps are skipped.
+MD := results/mosaic_demo
+demo-mosaic: venv
+	@start=$$(date +%s); set -e; \
+	test -f $(MD)/canaries.json || $(BIN)/python -m mosaic canaries --config configs/mosaic/demo_canaries.yml; \
+	for s in mlm random; do for r in 2 8 16; do f=$(MD)/variations_$${s}_R$$r.json; test -f $$f || \
+	  $(BIN)/python -m mosaic variations --config configs/mosaic/demo_variations.yml \
+	    --candidate-gen-strategy $$s --num-injection-points $$r --output $$f; done; done; \
+	test -f $(MD)/corpus/injection.json || $(BIN)/python -m mosaic inject --config configs/mosaic/demo_inject.yml; \
+	$(BIN)/python -m mosaic train --config configs/mosaic/demo_train.yml; \
+	$(BIN)/python -m mosaic mia --config configs/mosaic/demo_mia.yml --overwrite; \
+	$(BIN)/python -m mosaic rho --exact $(MD)/mia_exact.json --variants $(MD)/mia_variants.json --output $(MD)/rho.json; \
+	$(BIN)/python -m mosaic scan --config configs/mosaic/demo_scan.yml; \
+	$(BIN)/python -m mosaic plot --mia $(MD)/mia.json --rho $(MD)/rho.json --scan $(MD)/scan/scan.json \
+	  --output_dir $(MD)/figures; \
+	echo "[demo-mosaic] wall time $$(( $$(date +%s) - start )) s; results in $(MD)/"
 
 test: venv
 	$(BIN)/python -m pytest -q tests

@@ -10,7 +10,6 @@ config and the content of the fingerprints file; a finished run is skipped, a ki
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from privlm import config as C
 from privlm import data, fingerprints, models
 from privlm.errors import cli
 from privlm.io import atomic_write_json, provenance
-from privlm.training import TrainSpec, init_distributed, is_main, train
+from privlm.training import TrainSpec, init_distributed, is_main, link_run, train
 
 # Seed 000's --model_family/--model_size pairs, kept so old sweep scripts still resolve to a model.
 FAMILIES = {("mistral", "7B"): "mistralai/Mistral-7B-v0.3", ("mistral", "7B-Instruct"): "mistralai/Mistral-7B-Instruct-v0.3",
@@ -96,14 +95,6 @@ def run_paths(cfg: FinetuneConfig) -> tuple[str, Path]:
         inputs["templates"] = [t.name() for t in data.load_templates(cfg.augmentation_prompts)]
     h = C.run_hash(cfg, inputs)
     return h, Path(cfg.results_dir) / "saved_models" / h
-
-
-def link_run(link: str | None, run_dir: Path):
-    if link and is_main():
-        tmp = Path(f"{link}.tmp{os.getpid()}")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.symlink_to(run_dir.resolve(), target_is_directory=True)
-        os.replace(tmp, link)
 
 
 @cli

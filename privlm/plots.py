@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,7 +16,7 @@ def _plt():
 
 def retention_png(report: dict, path: str | Path) -> Path:
     """Bars of retention per template set (each template a thin bar), and utility before/after when present."""
-    plt = _plt()
+    plt = pyplot()
     sets = report["per_template"]
     has_u = "utility" in report
     fig, axes = plt.subplots(1, 2 if has_u else 1, figsize=(11 if has_u else 6, 3.8), squeeze=False)

@@ -61,7 +61,7 @@ def dp_table(results: Path) -> list[dict]:
 
 
 def dp_main(results: Path) -> int:
-    from .plots import _plt
+    from .plots import pyplot
 
     rows = dp_table(results)
     atomic_write_json(results / "dp_table.json", rows)
@@ -70,7 +70,7 @@ def dp_main(results: Path) -> int:
     for r in rows:
         print(f"{r['mode']:<12}{r['epsilon']:>9.2f}{r['heldout_loss']:>15.4f}"
               f"{r['pii_extracted']:>9}/{r['pii_strings']:<6}{r['pii_token_accuracy']:>15.4f}{r['train_seconds']:>9.0f}")
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     names = [f"{r['mode']}\neps={r['epsilon']:.1f}" if r["epsilon"] != float("inf") else r["mode"] for r in rows]
     axes[0].bar(names, [r["pii_extraction_rate"] or 0 for r in rows], color=["C3", "C1", "C2"][: len(rows)])

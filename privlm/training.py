@@ -62,6 +62,15 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def link_run(link: str | None, run_dir: Path):
+    """Point `link` (a symlink, replaced atomically) at run_dir, on rank 0."""
+    if link and is_main():
+        tmp = Path(f"{link}.tmp{os.getpid()}")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.symlink_to(run_dir.resolve(), target_is_directory=True)
+        os.replace(tmp, link)
+
+
 # ------------------------------------------------------------------------------------------------- config
 @dataclass
 class TrainSpec:
@@ -219,23 +228,23 @@ class PlainSteps:
 
 def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_dir: Path, tokenizer,
           extra_files: dict[str, object] | None = None, desc: str = "train", steps_factory: Callable | None = None,
-          prepare_model: Callable | None = None) -> dict:
+          prepare_model: Callable | None = None, on_step: Callable | None = None) -> dict:
     """Train `model_path` on `dataset`, checkpointing into run_dir/checkpoints and saving run_dir/final_model.
     A run killed mid-way resumes from its last checkpoint. Returns metrics (rank 0's view).
 
     `steps_factory(dataset, collate_fn, spec, rank, world)` chooses how logical steps are drawn and taken
-    (PlainSteps by default; privlm.dp.DPSteps for DP-SGD); `prepare_model(model)` can wrap the model (LoRA)."""
+    (PlainSteps by default; privlm.dp.DPSteps for DP-SGD); `prepare_model(model)` can wrap the model (LoRA);
+    `on_step(engine, step)` runs on every rank before the first step (step 0) and after each logical step."""
     import deepspeed
     from tqdm.auto import tqdm
 
     rank_, world = init_distributed()
     torch.manual_seed(spec.seed)
     cfg = ds_config(spec, world)
-    keep_alive = None
     if spec.zero_stage == 3:  # build the model already partitioned, as a 70B model needs
         from transformers.integrations import HfDeepSpeedConfig
 
-        keep_alive = HfDeepSpeedConfig(cfg)  # noqa: F841 (must outlive from_pretrained)
+        _ds_cfg = HfDeepSpeedConfig(cfg)  # noqa: F841 (a weak global reference: must outlive from_pretrained)
     model = load_model(model_path, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
     model.config.use_cache = False
     if prepare_model is not None:
@@ -263,15 +272,19 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
             _log(run_dir, {"event": "resume", "epoch": start_epoch})
 
     t0 = time.time()
+    if on_step is not None and start_epoch == 0:
+        on_step(engine, 0)
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=desc, disable=rank_ != 0,
                dynamic_ncols=True)
     for epoch in range(start_epoch, spec.epochs):
         engine.train()
         losses = []
-        for micro_batches in steps.epoch(epoch):
+        for i, micro_batches in enumerate(steps.epoch(epoch)):
             losses.append(steps.run(micro_batches))
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+            if on_step is not None:
+                on_step(engine, epoch * steps_per_epoch + i + 1)
         mean = torch.tensor(sum(losses) / max(1, len(losses)))
         if world > 1:
             torch.distributed.all_reduce(mean)

@@ -135,3 +135,9 @@ def kill_after_first_checkpoint(script: str, args: list[str], results: Path, pat
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def run_mosaic(step: str, *args: str, timeout: int = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m mosaic <step> ...` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "mosaic", step, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or ROOT, env=child_env())

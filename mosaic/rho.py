@@ -1,0 +1,55 @@
+"""rho: how many exact duplicates a fuzzy duplicate is worth (the Mosaic paper's metric).
+
+    python -m mosaic rho --exact results/mosaic/mia_exact.json --variants results/mosaic/mia_variants.json \
+        --output results/mosaic/rho.json
+
+E maps repetition count to AUC ({"1": 0.61, ..., "10": 0.96}); V maps a label to an AUC. The output maps each
+label to {"auc", "nu_eq", "rho", "method"}; a PNG of rho vs the variation parameter goes next to it.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from privlm import config as C
+from privlm.errors import UserError, cli
+from privlm.io import atomic_write_json, read_json, refuse_existing
+from privlm.mosaic import figures
+from privlm.mosaic.rho import rho_table, smoothed_curve
+
+
+@dataclass
+class RhoConfig:
+    exact: str = C.field("results/mosaic/mia_exact.json", help="JSON: repetition count -> AUC")
+    variants: str = C.field("results/mosaic/mia_variants.json", help="JSON: label -> AUC")
+    output: str = C.field("results/mosaic/rho.json", hash=False)
+    overwrite: bool = C.field(True, hash=False)
+
+
+@cli
+def main(argv=None) -> dict:
+    cfg = C.parse(RhoConfig, argv, __doc__)
+    exact, variants = read_json(cfg.exact, "exact AUCs"), read_json(cfg.variants, "variant AUCs")
+    for name, obj in (("exact AUCs", exact), ("variant AUCs", variants)):
+        if not isinstance(obj, dict) or not obj:
+            raise UserError(f"{name}: expected a non-empty JSON object")
+    table = rho_table(exact, variants)
+    refuse_existing(cfg.output, cfg.overwrite)
+    out = Path(cfg.output)
+    atomic_write_json(out, table)
+    figures.rho_png(table, out.with_suffix(".png"))
+    figures.auc_vs_reps_png(exact, smoothed_curve(exact), out.with_name(out.stem + "_exact.png"))
+    print(f"[mosaic] n_max = {max(int(k) for k in exact)}; exact AUCs: "
+          + ", ".join(f"{k}: {float(v):.3f}" for k, v in sorted(exact.items(), key=lambda kv: int(kv[0]))))
+    print(f"  {'label':<16}{'AUC':>8}{'nu_eq':>8}{'rho':>8}  method")
+    for label, r in table.items():
+        nu = "-" if r["nu_eq"] is None else f"{r['nu_eq']:.2f}"
+        rho = "-" if r["rho"] is None else f"{r['rho']:.3f}"
+        print(f"  {label:<16}{r['auc']:>8.3f}{nu:>8}{rho:>8}  {r['method']}")
+    print(f"[mosaic] wrote {out} and {out.with_suffix('.png')}")
+    return table
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

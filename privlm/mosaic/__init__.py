@@ -1,0 +1,1 @@
+"""Mosaic memory (seed 003): canaries, fuzzy duplicates, injection, rho, near-duplicate scans."""

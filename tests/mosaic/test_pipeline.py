@@ -1,0 +1,101 @@
+"""The whole Mosaic pipeline on a tiny model through `python -m mosaic`, and bad input at each step."""
+import json
+
+import pytest
+
+from conftest import assert_user_error, run_mosaic
+
+
+@pytest.fixture(scope="module")
+def canaries(tiny_model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("mosaic")
+    out = d / "canaries.json"
+    proc = run_mosaic("canaries", "--model", tiny_model_dir, "--length", "12", "--num_members", "8",
+                      "--num_nonmembers", "6", "--batch_size", "32", "--max_jaccard", "0.5", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_canaries_have_exactly_l_tokens_and_low_overlap(canaries, tiny):
+    _, tok = tiny
+    data = json.loads(canaries.read_text())
+    everyone = data["members"] + data["nonmembers"]
+    assert len(data["members"]) == 8 and len(data["nonmembers"]) == 6
+    sets = []
+    for c in everyone:
+        assert len(c["token_ids"]) == 12 and tok(c["text"], add_special_tokens=False)["input_ids"] == c["token_ids"]
+        s = set(c["token_ids"])
+        assert all(len(s & o) / len(s | o) <= 0.5 for o in sets)
+        sets.append(s)
+
+
+def test_pipeline_variations_inject_train_mia(canaries, tiny_model_dir, tmp_path):
+    var = tmp_path / "var.json"
+    proc = run_mosaic("variations", "--canaries", canaries, "--candidate-gen-strategy", "random",
+                      "--num-injection-points", "3", "--num-variations", "4", "--output", var)
+    assert proc.returncode == 0, proc.stderr
+    corpus = tmp_path / "corpus"
+    proc = run_mosaic("inject", "--canaries", canaries, "--groups", "exact:1", "exact:3", f"fuzzy:{var}",
+                      "--canaries_per_group", "2", "--book_words", "40", "--num_books", "8", "--output_dir", corpus)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((corpus / "injection.json").read_text())
+    books = [json.loads(line)["text"] for line in (corpus / "corpus.jsonl").read_text().splitlines()]
+    assert len(books) == 8 and [g["label"] for g in info["groups"]] == ["exact_1", "exact_3", "random_R3"]
+    members = {c["id"]: c["text"] for c in json.loads(canaries.read_text())["members"]}
+    variations = {c["id"]: [v["text"] for v in c["variations"]] for c in json.loads(var.read_text())["canaries"]}
+    for p in info["placements"]:
+        n = {"exact_1": 1, "exact_3": 3, "random_R3": 5}[p["group"]]
+        assert len(p["copies"]) == n
+        texts = [books[p["book"]][c["start"]:c["end"]] for c in p["copies"]]
+        expect = [members[p["canary_id"]]] * n if p["group"].startswith("exact") else \
+            [members[p["canary_id"]]] + variations[p["canary_id"]]
+        assert texts == expect
+
+    proc = run_mosaic("train", "--model", tiny_model_dir, "--corpus", corpus, "--canaries", canaries,
+                      "--block_size", "32", "--batch_size", "2", "--learning_rate", "1e-3", "--eval_every", "2",
+                      "--deepspeed_stage", "0", "--results_dir", tmp_path / "models", "--run_link", tmp_path / "target")
+    assert proc.returncode == 0, proc.stderr
+    log = [json.loads(line) for line in (tmp_path / "target" / "auc_log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 0 and len(log) >= 2 and {"auc/exact_1", "auc/random_R3"} <= set(log[-1])
+    assert (tmp_path / "target" / "final_model" / "model.safetensors").is_file()
+
+    out = tmp_path / "mia.json"
+    proc = run_mosaic("mia", "--model", tmp_path / "target" / "final_model", "--reference", tiny_model_dir,
+                      "--canaries", canaries, "--injection", corpus / "injection.json", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert set(res["attacks"]) == {"loss", "ratio", "zlib", "lowercase", "min_k", "min_k_pct", "min_kpp"}
+    for e in res["attacks"].values():
+        assert 0 <= e["all"]["auc"] <= 1 and set(e["groups"]) == {"exact_1", "exact_3", "random_R3"}
+        assert {"tpr@0.001fpr", "tpr@0.01fpr", "tpr@0.1fpr"} <= set(e["all"])
+    exact = json.loads((tmp_path / "mia_exact.json").read_text())
+    assert set(exact) == {"1", "3"} and exact["3"] == res["attacks"]["ratio"]["groups"]["exact_3"]["auc"]
+    assert (tmp_path / "mia.roc.png").stat().st_size > 0
+    proc = run_mosaic("rho", "--exact", tmp_path / "mia_exact.json", "--variants", tmp_path / "mia_variants.json",
+                      "--output", tmp_path / "rho.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "random_R3" in json.loads((tmp_path / "rho.json").read_text())
+    proc = run_mosaic("plot", "--mia", out, "--rho", tmp_path / "rho.json", "--output_dir", tmp_path / "fig")
+    assert proc.returncode == 0 and (tmp_path / "fig" / "roc.png").is_file() and (tmp_path / "fig" / "rho.png").is_file()
+
+
+def test_bad_input_is_one_error_line_and_writes_nothing(canaries, tiny_model_dir, tmp_path):
+    out = tmp_path / "x.json"
+    assert_user_error(run_mosaic("canaries", "--model", tiny_model_dir, "--length", "300", "--output", out),
+                      "longer than the model context")
+    assert_user_error(run_mosaic("variations", "--canaries", canaries, "--candidate-gen-strategy", "synonyms",
+                                 "--output", out), "candidate_gen_strategy")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"members": [')
+    assert_user_error(run_mosaic("variations", "--canaries", bad, "--output", out), str(bad))
+    assert_user_error(run_mosaic("mia", "--canaries", bad, "--model", tiny_model_dir, "--output", out), str(bad))
+    assert_user_error(run_mosaic("mia", "--attacks", "loss", "telepathy", "--output", out), "telepathy")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert_user_error(run_mosaic("inject", "--canaries", canaries, "--corpus", empty, "--output_dir",
+                                 tmp_path / "corpus"), "empty.jsonl")
+    assert_user_error(run_mosaic("inject", "--canaries", canaries, "--groups", "exact:0", "twice",
+                                 "--output_dir", tmp_path / "corpus"), "exact:0", "twice")
+    assert not out.exists() and not (tmp_path / "corpus").exists()
+    proc = run_mosaic("nonsense")
+    assert proc.returncode == 2 and "unknown step" in proc.stderr
