@@ -59,6 +59,8 @@ class DatasetArgs:
     deny_list: str | None = C.field(None, help="names to scrub (JSON list or text file), or from_data for the "
                                                "synthetic corpus' own names; needed for PERSON without an NER model")
     scrub_entities: list[str] | None = C.field(None, help="Presidio entity types to scrub (default: all found)")
+    ner: str = C.field("auto", help="NER for PERSON/LOCATION: auto (spaCy en_core_web_* if installed), none, "
+                                    "spacy:NAME, hf:MODEL (token classification) or flair:MODEL")
     eval_dataset_path: str | None = C.field(None, help="held-out records (default: synthetic:64:1000 for the "
                                                        "synthetic corpus, else the last eval_fraction of the data)")
     eval_fraction: float = C.field(0.1)
@@ -112,6 +114,10 @@ class DPFinetuneConfig:
             p.append("training.learning_rate: must be > 0")
         if self.model.peft == "lora" and self.model.lora_r < 1:
             p.append("model.lora_r: must be >= 1")
+        from privlm.scrub import check_ner
+
+        if check_ner(self.dataset.ner):
+            p.append("dataset." + check_ner(self.dataset.ner))
         return p
 
     @property
@@ -205,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
         from privlm import scrub
 
         records, scrub_report = scrub.scrub(records, ds.text_field, ds.anon_token, ds.pseudonymize,
-                                            scrub.load_deny_list(ds.deny_list, records), ds.scrub_entities)
+                                            scrub.load_deny_list(ds.deny_list, records), ds.scrub_entities,
+                                            ner=ds.ner)
         print(f"[privlm] scrubbed {scrub_report['entities']} ({scrub_report['ner']})")
     n = len(records)
     t, pr = cfg.training, cfg.privacy

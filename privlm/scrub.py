@@ -2,9 +2,12 @@
 
 Offline, Presidio runs its pattern recognizers (EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, DATE_TIME, IP_ADDRESS,
 URL, ...) on a blank spaCy pipeline; we add a pattern for written-out dates ("24 September 1984") and a deny-list
-recognizer for names the user supplies. PERSON / LOCATION from free text need an NER model: when a spaCy
-`en_core_web_*` pipeline is installed it is used, otherwise the report says that no NER ran. Entities are replaced
-by a token (`<MASK>`) or by consistent Faker pseudonyms. Tagging is cached by content hash.
+recognizer for names the user supplies. PERSON / LOCATION from free text need an NER model, chosen by `ner`:
+`auto` uses a spaCy `en_core_web_*` pipeline when one is installed (else the report says that no NER ran),
+`spacy:NAME` a given spaCy pipeline, `hf:MODEL` a Hugging Face token-classification model (e.g.
+dslim/bert-base-NER, or a local folder), `flair:MODEL` a Flair sequence tagger (e.g. flair/ner-english; needs
+`pip install flair`), `none` patterns and the deny list only. Entities are replaced by a token (`<MASK>`) or by
+consistent Faker pseudonyms. Tagging is cached by content hash.
 """
 from __future__ import annotations
 
@@ -27,20 +30,93 @@ def _offline_tldextract():
     tx.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
 
-def ner_model() -> str | None:
+# CoNLL / OntoNotes labels of NER models -> Presidio entity types
+LABELS = {"PER": "PERSON", "PERSON": "PERSON", "LOC": "LOCATION", "GPE": "LOCATION", "LOCATION": "LOCATION",
+          "ORG": "ORGANIZATION", "ORGANIZATION": "ORGANIZATION", "NORP": "NRP", "DATE": "DATE_TIME"}
+
+
+def ner_model(ner: str = "auto") -> str | None:
+    """The NER backend `ner` resolves to, as a string for reports and cache keys (None: no NER)."""
+    if ner == "none":
+        return None
+    if ner != "auto":
+        return ner
     for name in ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_trf"):
         if importlib.util.find_spec(name):
-            return name
+            return f"spacy:{name}"
     return None
 
 
-def build_analyzer(deny_list: list[str] | None = None):
+def check_ner(ner: str) -> str | None:
+    """A config problem with `ner`, or None."""
+    kind, _, arg = ner.partition(":")
+    if ner in ("auto", "none"):
+        return None
+    if kind not in ("spacy", "hf", "flair") or not arg:
+        return f"ner: expected auto, none, spacy:NAME, hf:MODEL or flair:MODEL, got {ner!r}"
+    return None
+
+
+def _model_recognizer(kind: str, model: str):
+    """A Presidio recognizer around an HF token-classification pipeline or a Flair tagger."""
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    from .errors import UserError
+
+    if kind == "hf":
+        from transformers import pipeline
+
+        from .models import resolve
+
+        try:
+            tagger = pipeline("token-classification", model=resolve(model), aggregation_strategy="simple",
+                              device=-1)
+        except (OSError, ValueError) as e:
+            raise UserError(f"ner: could not load token-classification model {model!r}: "
+                            f"{str(e).splitlines()[0]}") from None
+
+        def spans(text):
+            return [(r["start"], r["end"], r["entity_group"], float(r["score"])) for r in tagger(text)]
+    else:
+        try:
+            from flair.data import Sentence
+            from flair.models import SequenceTagger
+        except ImportError:
+            raise UserError("ner: flair is not installed (pip install flair)") from None
+        try:
+            tagger = SequenceTagger.load(model)
+        except Exception as e:  # flair raises several kinds for a missing model
+            raise UserError(f"ner: could not load flair model {model!r}: {str(e).splitlines()[0]}") from None
+
+        def spans(text):
+            sent = Sentence(text)
+            tagger.predict(sent)
+            return [(sp.start_position, sp.end_position, sp.tag, float(sp.score)) for sp in sent.get_spans("ner")]
+
+    class ModelNer(EntityRecognizer):
+        def load(self):
+            pass
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            out = []
+            for start, end, label, score in spans(text):
+                ent = LABELS.get(label.upper().split("-")[-1])
+                if ent and (not entities or ent in entities):
+                    out.append(RecognizerResult(ent, start, end, score))
+            return out
+
+    return ModelNer(supported_entities=sorted(set(LABELS.values())), name=f"{kind}:{model}")
+
+
+def build_analyzer(deny_list: list[str] | None = None, ner: str = "auto"):
     import spacy
     from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
     from presidio_analyzer.nlp_engine import SpacyNlpEngine
 
     _offline_tldextract()
-    model = ner_model()
+    backend = ner_model(ner)
+    kind, _, name = (backend or "").partition(":")
+    model = name if kind == "spacy" else None
     if model is None:
         d = Path(tempfile.mkdtemp(prefix="privlm_spacy_"))
         spacy.blank("en").to_disk(d)
@@ -56,7 +132,9 @@ def build_analyzer(deny_list: list[str] | None = None):
     if deny_list:
         registry.add_recognizer(PatternRecognizer(supported_entity="PERSON", name="DenyListNames",
                                                   deny_list=sorted(set(deny_list))))
-    return AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"]), ner_model()
+    if kind in ("hf", "flair"):
+        registry.add_recognizer(_model_recognizer(kind, name))
+    return AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"]), backend
 
 
 def _cache_path(texts: list[str], settings: dict) -> Path:
@@ -67,17 +145,17 @@ def _cache_path(texts: list[str], settings: dict) -> Path:
 
 
 def tag(texts: list[str], deny_list: list[str] | None = None, entities: list[str] | None = None,
-        threshold: float = 0.3) -> tuple[list[list[tuple[int, int, str]]], str | None]:
+        threshold: float = 0.3, ner: str = "auto") -> tuple[list[list[tuple[int, int, str]]], str | None]:
     """Spans (start, end, entity) per text, overlaps resolved (longest, then highest score, wins)."""
     from .io import atomic_write_json
 
     settings = {"deny": sorted(set(deny_list or [])), "entities": entities, "threshold": threshold,
-                "ner": ner_model(), "v": 1}
+                "ner": ner_model(ner), "v": 1}
     path = _cache_path(texts, settings)
     if path.is_file():
         cached = json.loads(path.read_text())
         return [[tuple(s) for s in spans] for spans in cached["spans"]], cached["ner"]
-    analyzer, ner = build_analyzer(deny_list)
+    analyzer, ner = build_analyzer(deny_list, ner)
     out = []
     for text in texts:
         res = analyzer.analyze(text=text, language="en", entities=entities, score_threshold=threshold)
@@ -92,11 +170,11 @@ def tag(texts: list[str], deny_list: list[str] | None = None, entities: list[str
 
 
 def scrub(records: list[dict], text_field: str = "text", anon_token: str = "<MASK>", pseudonymize: bool = False,
-          deny_list: list[str] | None = None, entities: list[str] | None = None, seed: int = 0
-          ) -> tuple[list[dict], dict]:
+          deny_list: list[str] | None = None, entities: list[str] | None = None, seed: int = 0,
+          ner: str = "auto") -> tuple[list[dict], dict]:
     """Copies of `records` with PII in `text_field` replaced; plus a report of what was found."""
     texts = [str(r.get(text_field, "")) for r in records]
-    spans, ner = tag(texts, deny_list, entities)
+    spans, ner = tag(texts, deny_list, entities, ner=ner)
     fake, pseudo = None, {}
     if pseudonymize:
         from faker import Faker

@@ -73,7 +73,12 @@ def test_run_hash_covers_config_and_inputs_not_outputs():
 
 
 def _script_for(yml: Path) -> str:
-    m = re.search(r"launch:.*?(\w+\.py)", yml.read_text())
+    """The module a config's launch line runs: `script.py`, or `mosaic.<step>` for `-m/--module mosaic <step>`."""
+    text = yml.read_text()
+    m = re.search(r"launch:.*?(?:-m|--module) mosaic (\w+)", text)
+    if m:
+        return f"mosaic.{m.group(1)}.py"
+    m = re.search(r"launch:.*?(\w+\.py)", text)
     assert m, f"{yml} must open with its launch command"
     return m.group(1)
 

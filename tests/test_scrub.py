@@ -45,3 +45,42 @@ def test_deny_list_files(tmp_path):
     (tmp_path / "broken.json").write_text('["Ann Lee", ')
     with pytest.raises(UserError, match="not valid JSON"):
         scrub.load_deny_list(str(tmp_path / "broken.json"), [])
+
+
+def tiny_ner_model(path, label="B-PER"):
+    """A tiny BERT token classifier that tags every word with `label` (classifier bias), saved offline."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = ["alice", "met", "bob", "in", "paris", "today", "."]
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, id2label=dict(enumerate(labels)),
+                     label2id={v: k for k, v in enumerate(labels)})
+    model = BertForTokenClassification(cfg)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.fill_(-5.0)
+        model.classifier.bias[labels.index(label)] = 5.0
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_hf_token_classification_ner_finds_names(tmp_path):
+    model_dir = tiny_ner_model(tmp_path / "ner")
+    recs = [{"text": "Alice met Bob in Paris today."}]
+    out, report = scrub.scrub(recs, ner=f"hf:{model_dir}", entities=["PERSON"])
+    assert report["ner"] == f"hf:{model_dir}" and report["entities"].get("PERSON", 0) >= 3
+    assert "Alice" not in out[0]["text"] and "Bob" not in out[0]["text"] and "<MASK>" in out[0]["text"]
+    plain, rep = scrub.scrub(recs, ner="none", entities=["PERSON"])
+    assert plain[0]["text"] == recs[0]["text"] and "none" in rep["ner"]
+
+
+def test_bad_ner_settings():
+    assert scrub.check_ner("hf:") and scrub.check_ner("stanza:x") and scrub.check_ner("auto") is None
+    with pytest.raises(UserError, match="flair is not installed|could not load flair"):
+        scrub.scrub([{"text": "Alice met Bob."}], ner="flair:ner-english")

@@ -1,8 +1,9 @@
 """Per-example gradients and flat clipping for models whose trainable weights are Linear layers (LoRA A/B).
 
 Fast path written by hand, because no library does it well for LoRA under DeepSpeed: a forward hook keeps each
-trainable Linear's input, a tensor hook on its output turns the output gradient into per-example weight gradients
-(einsum over tokens). Only the small trainable matrices get per-example copies; frozen weights never do.
+trainable Linear's input and output; one backward asks for the gradients of those outputs (not of the weights, so
+the summed weight gradients are never formed) and turns them into per-example weight gradients (a batched matmul
+over tokens). Only the small trainable matrices get per-example copies; frozen weights never do.
 `tests/dp/test_clipping.py` proves the result equal to Opacus's per-sample gradients on the same batch.
 For full fine-tuning (embeddings, norms, tied weights) `per_example_engine` hands over to Opacus's grad samplers.
 """
@@ -24,6 +25,7 @@ class PerExampleGrads:
         if not self.layers:
             raise UserError("DP training found no trainable parameters")
         self.grads: dict[nn.Parameter, torch.Tensor] = {}
+        self._records: list = []  # (layer, input, output) of the current forward pass
         self.enabled = False
         self._handles = [m.register_forward_hook(self._forward) for m in self.layers]
 
@@ -47,29 +49,33 @@ class PerExampleGrads:
         return out
 
     def _forward(self, module: nn.Linear, inputs, output):
-        if not self.enabled or not output.requires_grad:
-            return
-        x = inputs[0].detach()
-
-        def backward_hook(g: torch.Tensor):
-            gs = torch.einsum("b...o,b...i->boi", g.float(), x.float())  # per-example dW, summed over tokens
-            self._add(module.weight, gs)
-            if module.bias is not None and module.bias.requires_grad:
-                self._add(module.bias, g.float().reshape(g.shape[0], -1, g.shape[-1]).sum(1))
-
-        output.register_hook(backward_hook)
+        if self.enabled and output.requires_grad:
+            self._records.append((module, inputs[0].detach(), output))
 
     def _add(self, p, gs):
         self.grads[p] = self.grads[p] + gs if p in self.grads else gs  # a layer used twice adds up
 
     def compute(self, per_example_loss: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
         """Per-example gradients of each example's loss (shape [B, *param.shape]) without touching .grad, so
-        DeepSpeed's gradient hooks do not fire."""
+        DeepSpeed's gradient hooks do not fire.
+
+        The backward asks autograd for the gradients of the trainable layers' *outputs* only, so it never forms
+        the summed weight gradients (which DP-SGD would throw away); each example's weight gradient is then
+        g_i^T x_i, summed over its tokens."""
+        records, self._records = self._records, []
         self.grads = {}
-        torch.autograd.grad(per_example_loss.sum(), self.params, allow_unused=True)
-        missing = [p for p in self.params if p not in self.grads]
-        for p in missing:  # unused in this forward pass: zero gradient
-            self.grads[p] = torch.zeros((per_example_loss.shape[0], *p.shape), device=p.device)
+        outs = torch.autograd.grad(per_example_loss.sum(), [r[2] for r in records], allow_unused=True)
+        for (module, x, _), g in zip(records, outs):
+            if g is None:
+                continue
+            g2 = g.reshape(g.shape[0], -1, g.shape[-1])
+            x2 = x.reshape(x.shape[0], -1, x.shape[-1])
+            self._add(module.weight, torch.bmm(g2.transpose(1, 2).float(), x2.float()))
+            if module.bias is not None and module.bias.requires_grad:
+                self._add(module.bias, g2.float().sum(1))
+        for p in self.params:  # unused in this forward pass: zero gradient
+            if p not in self.grads:
+                self.grads[p] = torch.zeros((per_example_loss.shape[0], *p.shape), device=p.device)
         return self.grads
 
     def remove(self):

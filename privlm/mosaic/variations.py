@@ -13,7 +13,7 @@ rewrite the canary.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -49,9 +49,17 @@ def special_ids(tokenizer) -> set[int]:
     return set(tokenizer.all_special_ids)
 
 
+_ORDINARY: dict[int, list[int]] = {}
+
+
 def ordinary_ids(tokenizer) -> list[int]:
-    bad = special_ids(tokenizer)
-    return [i for i in range(len(tokenizer)) if i not in bad]
+    """Token ids that are not special and decode to whole characters on their own (a lone byte of a multi-byte
+    character would inject a replacement character instead of the token)."""
+    key = id(tokenizer)
+    if key not in _ORDINARY:
+        bad = special_ids(tokenizer)
+        _ORDINARY[key] = [i for i in range(len(tokenizer)) if i not in bad and "\ufffd" not in tokenizer.decode([i])]
+    return _ORDINARY[key]
 
 
 # --------------------------------------------------------------------------------------------- replacement
@@ -105,10 +113,10 @@ def model_candidates(model, cand_tokenizer, target_tokenizer, token_ids: list[in
             raise UserError("a causal candidate model must share the target tokenizer; use a masked LM otherwise")
         inp = torch.tensor([[start_token_id(cand_tokenizer)] + token_ids], device=dev)
         logits = model(input_ids=inp).logits[0, :-1].float()
-        bad = special_ids(cand_tokenizer)
+        ok = set(ordinary_ids(cand_tokenizer))
         for pos, orig in enumerate(token_ids):
-            top = torch.topk(logits[pos], topk + 1 + len(bad)).indices.tolist()
-            keep = [t for t in top if t != orig and t not in bad][:topk]
+            top = torch.topk(logits[pos], 3 * topk + 16).indices.tolist()
+            keep = [t for t in top if t != orig and t in ok][:topk]
             cands.append([[t] for t in keep])
         return cands
     mask = cand_tokenizer.mask_token
@@ -159,9 +167,35 @@ def _replace(canary: dict, spec: VarSpec, rng: random.Random, cands) -> list[dic
     return out
 
 
+@torch.no_grad()
+def causal_candidates_batched(model, tokenizer, canaries: list[dict], topk: int, batch_size: int = 32) -> dict:
+    """model_candidates for a causal LM sharing the target tokenizer, many canaries per forward pass."""
+    from ..mia.scoring import start_token_id
+
+    dev = next(model.parameters()).device
+    ok = set(ordinary_ids(tokenizer))
+    start, pad = start_token_id(tokenizer), tokenizer.pad_token_id or 0
+    out = {}
+    for k in range(0, len(canaries), batch_size):
+        chunk = canaries[k:k + batch_size]
+        width = max(len(c["token_ids"]) for c in chunk) + 1
+        x = torch.full((len(chunk), width), pad, dtype=torch.long)
+        m = torch.zeros_like(x)
+        for r, c in enumerate(chunk):
+            x[r, :len(c["token_ids"]) + 1] = torch.tensor([start] + c["token_ids"])
+            m[r, :len(c["token_ids"]) + 1] = 1
+        top = torch.topk(model(input_ids=x.to(dev), attention_mask=m.to(dev)).logits.float(),
+                         3 * topk + 16, dim=-1).indices.tolist()
+        for r, c in enumerate(chunk):
+            out[c["id"]] = [[[t] for t in [t for t in top[r][pos] if t != orig and t in ok][:topk]]
+                            for pos, orig in enumerate(c["token_ids"])]
+    return out
+
+
 @strategy("mlm")
 def mlm(canary, spec, rng, ctx):
-    cands = model_candidates(ctx.model, ctx.cand_tokenizer, ctx.tokenizer, canary["token_ids"], spec.topk)
+    cands = ctx.cache.get(canary["id"]) or model_candidates(ctx.model, ctx.cand_tokenizer, ctx.tokenizer,
+                                                            canary["token_ids"], spec.topk)
     return _replace(canary, spec, rng, cands)
 
 
@@ -272,6 +306,7 @@ class Context:
     tokenizer: object  # target tokenizer
     model: object = None  # candidate model (mlm / paraphrase)
     cand_tokenizer: object = None
+    cache: dict = field(default_factory=dict)  # canary id -> precomputed candidates
 
 
 NEEDS_MODEL = {"mlm", "mlm_random", "paraphrase"}
@@ -281,6 +316,8 @@ def make(canaries: list[dict], name: str, spec: VarSpec, ctx: Context, seed: int
     if name not in STRATEGIES:
         raise UserError(f"unknown candidate-gen strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
     rng = random.Random(seed)
+    if name == "mlm" and ctx.cand_tokenizer is ctx.tokenizer and not _is_masked_lm(ctx.model):
+        ctx.cache = causal_candidates_batched(ctx.model, ctx.tokenizer, canaries, spec.topk)
     out = []
     for c in canaries:
         vs = STRATEGIES[name](c, spec, rng, ctx)

@@ -35,9 +35,10 @@ def test_mlm_candidates_are_the_models_top_k_without_the_original(tiny, canary):
     cands = V.model_candidates(model, tok, tok, canary["token_ids"], topk=4)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([[start_token_id(tok)] + canary["token_ids"]])).logits[0]
-    special = set(tok.all_special_ids)
+    ok = set(V.ordinary_ids(tok))
+    assert not set(tok.all_special_ids) & ok
     for pos, orig in enumerate(canary["token_ids"]):
-        ranked = [t for t in logits[pos].argsort(descending=True).tolist() if t != orig and t not in special][:4]
+        ranked = [t for t in logits[pos].argsort(descending=True).tolist() if t != orig and t in ok][:4]
         assert [c[0] for c in cands[pos]] == ranked
 
 
@@ -74,3 +75,11 @@ def test_kendall_tau_distance():
     assert V.kendall_tau_distance([0, 1, 2, 3]) == 0
     assert V.kendall_tau_distance([3, 2, 1, 0]) == 1
     assert V.kendall_tau_distance([1, 0, 2, 3]) == pytest.approx(1 / 6)
+
+
+def test_batched_causal_candidates_equal_one_at_a_time(tiny, canary):
+    model, tok = tiny
+    short = {"id": 1, "token_ids": canary["token_ids"][:5], "text": ""}
+    batched = V.causal_candidates_batched(model, tok, [canary, short], topk=6)
+    for c in (canary, short):
+        assert batched[c["id"]] == V.model_candidates(model, tok, tok, c["token_ids"], topk=6)
