@@ -3,8 +3,10 @@
     python benchmarks/dp_overhead.py                 # default model, LoRA r=8 on q/k/v/o, batch 8 x 64 tokens
     python benchmarks/dp_overhead.py --tiny          # a tiny random model (seconds)
 
-Each variant runs in its own process (so peak memory is its own): warm-up steps, then timed steps. Noise is 0 so
-the gradients of our step and Opacus's can be compared. Last stdout line is JSON:
+Peak memory and first-step gradients come from each variant alone in its own process. Times come from one process
+holding three copies of the model, the variants taking turns step by step (the order rotating), after warm-up,
+so that the machine's drift falls on all three alike; the median step of each is reported. Noise is 0 so the
+gradients of our step and Opacus's can be compared. Last stdout line is JSON:
 {"dp_over_nondp_time", "opacus_overhead_over_ours", "dp_over_nondp_peak_memory", "max_abs_grad_diff_vs_opacus", ...}
 with opacus_overhead_over_ours = (Opacus DP time - non-DP time) / (our DP time - non-DP time).
 """
@@ -54,7 +56,8 @@ def build(args):
     return model, ids, torch.ones_like(ids), labels
 
 
-def run_variant(args) -> dict:
+def make_step(args, variant: str):
+    """(step function, params, optimizer) of one variant on its own copy of the model."""
     from privlm.dp.clipping import PerExampleGrads, clipped_sum, per_example_loss
 
     model, ids, mask, labels = build(args)
@@ -62,13 +65,13 @@ def run_variant(args) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-4)
     B, C = ids.shape[0], args.clip
 
-    if args.variant == "nondp":
+    if variant == "nondp":
         def step():
             loss = per_example_loss(model(input_ids=ids, attention_mask=mask).logits, labels).mean()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-    elif args.variant == "ours":
+    elif variant == "ours":
         pe = PerExampleGrads(model)
         pe.enabled = True
 
@@ -94,44 +97,64 @@ def run_variant(args) -> dict:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+    return step, params, opt
 
-    grads = {}
 
-    def capture():  # gradients of the first step, before the optimizer moves anything
-        orig = opt.step
+def first_step_grads(step, params, opt) -> dict:
+    """Gradients of the first step, before the optimizer moves anything."""
+    grads, orig = {}, opt.step
 
-        def wrapped(*a, **k):
-            if hasattr(opt, "pre_step"):  # Opacus: clip + noise happen in pre_step
-                opt.pre_step()
-                for i, p in enumerate(params):
-                    grads[i] = p.grad.detach().cpu().clone()
-                return opt.original_optimizer.step()
+    def wrapped(*a, **k):
+        if hasattr(opt, "pre_step"):  # Opacus: clip + noise happen in pre_step
+            opt.pre_step()
             for i, p in enumerate(params):
                 grads[i] = p.grad.detach().cpu().clone()
-            return orig(*a, **k)
+            return opt.original_optimizer.step()
+        for i, p in enumerate(params):
+            grads[i] = p.grad.detach().cpu().clone()
+        return orig(*a, **k)
 
-        opt.step = wrapped
-        step()
-        opt.step = orig
+    opt.step = wrapped
+    step()
+    opt.step = orig
+    return grads
 
-    capture()
-    for _ in range(args.warmup):
-        step()
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+def run_variant(args) -> dict:
+    """One variant alone in this process: its first-step gradients and its peak memory over a few steps."""
+    step, params, opt = make_step(args, args.variant)
+    grads = first_step_grads(step, params, opt)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    sync()
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
+    for _ in range(args.warmup):
         step()
-        sync()
-        times.append(time.perf_counter() - t)
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    if args.grads_out:
-        torch.save({str(k): v for k, v in grads.items()}, args.grads_out)
-    return {"seconds": sorted(times)[len(times) // 2], "peak_bytes": peak}
+    torch.save({str(k): v for k, v in grads.items()}, args.grads_out)
+    return {"peak_bytes": peak}
+
+
+def interleaved_times(args) -> dict:
+    """Median step time of each variant, the three taking turns (order rotated each round) in one process, so
+    that the machine's drift over minutes falls on all of them alike."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    steps = {v: make_step(args, v)[0] for v in VARIANTS}
+    for _ in range(args.warmup):
+        for f in steps.values():
+            f()
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for k in range(args.steps):
+        order = VARIANTS[k % 3:] + VARIANTS[:k % 3]
+        for v in order:
+            sync()
+            t = time.perf_counter()
+            steps[v]()
+            sync()
+            times[v].append(time.perf_counter() - t)
+    return {v: sorted(ts)[len(ts) // 2] for v, ts in times.items()}
+
+
+VARIANTS = ["nondp", "ours", "opacus"]
 
 
 def main():
@@ -143,7 +166,7 @@ def main():
     ap.add_argument("--seq_len", type=int, default=64)
     ap.add_argument("--clip", type=float, default=1e-3, help="small enough that every example is clipped")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=9, help="timed steps of each variant (taking turns)")
     ap.add_argument("--variant", choices=["nondp", "ours", "opacus"], help=argparse.SUPPRESS)
     ap.add_argument("--grads_out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -152,7 +175,7 @@ def main():
         return
     res, grads = {}, {}
     with tempfile.TemporaryDirectory() as d:
-        for v in ("nondp", "ours", "opacus"):
+        for v in VARIANTS:
             cmd = [sys.executable, __file__, "--variant", v, "--grads_out", f"{d}/{v}.pt"] + [
                 a for a in sys.argv[1:]]
             out = subprocess.run(cmd, capture_output=True, text=True)
@@ -160,9 +183,10 @@ def main():
                 sys.exit(f"variant {v} failed:\n{out.stderr[-3000:]}")
             res[v] = json.loads(out.stdout.strip().splitlines()[-1])
             grads[v] = torch.load(f"{d}/{v}.pt", weights_only=True)
-            print(f"{v:7s} step {res[v]['seconds']:.3f} s, peak {res[v]['peak_bytes'] / 2**20:.0f} MiB", flush=True)
+    t = interleaved_times(args)
+    for v in VARIANTS:
+        print(f"{v:7s} step {t[v]:.3f} s, peak {res[v]['peak_bytes'] / 2**20:.0f} MiB", flush=True)
     diff = max((grads["ours"][k] - grads["opacus"][k]).abs().max().item() for k in grads["ours"])
-    t = {k: v["seconds"] for k, v in res.items()}
     print(json.dumps({
         "dp_over_nondp_time": round(t["ours"] / t["nondp"], 4),
         # our overhead is floored at 1% of the non-DP step: at or below zero the ratio would be meaningless

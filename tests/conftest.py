@@ -141,3 +141,12 @@ def run_mosaic(step: str, *args: str, timeout: int = 600, cwd: Path | None = Non
     """`python -m mosaic <step> ...` as a user runs it."""
     return subprocess.run([sys.executable, "-m", "mosaic", step, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or ROOT, env=child_env())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_shared_memory():
+    """In-process DeepSpeed tests leave a CPU allreduce buffer in /dev/shm; remove it when the session ends."""
+    yield
+    from privlm.training import release_shm_buffers
+
+    release_shm_buffers()

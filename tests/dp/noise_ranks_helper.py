@@ -32,6 +32,10 @@ def main(model_dir: str, out: str):
     after = torch.cat([p.detach().flatten().clone() for p in params])
     if rank == 0:
         torch.save(before - after, out)
+    from privlm.training import barrier, release_shm_buffers
+
+    barrier()
+    release_shm_buffers()
 
 
 if __name__ == "__main__":
