@@ -199,24 +199,21 @@ def mlm(canary, spec, rng, ctx):
     return _replace(canary, spec, rng, cands)
 
 
+def random_candidates(canary, vocab: list[int], n: int, rng: random.Random) -> list[list[int]]:
+    """n random ids per position from `vocab`, never the original token."""
+    return [[t for t in rng.sample(vocab, n + 1) if t != orig][:n] for orig in canary["token_ids"]]
+
+
 @strategy("mlm_random")
 def mlm_random(canary, spec, rng, ctx):
-    vocab = ordinary_ids(ctx.cand_tokenizer)
-    cands = []
-    for orig in canary["token_ids"]:
-        picks = [t for t in rng.sample(vocab, spec.num_random_candidates + 1) if t != orig][:spec.num_random_candidates]
-        cands.append(reencode(ctx.cand_tokenizer, ctx.tokenizer, picks))
-    return _replace(canary, spec, rng, cands)
+    picks = random_candidates(canary, ordinary_ids(ctx.cand_tokenizer), spec.num_random_candidates, rng)
+    return _replace(canary, spec, rng, [reencode(ctx.cand_tokenizer, ctx.tokenizer, p) for p in picks])
 
 
 @strategy("random")
 def random_tokens(canary, spec, rng, ctx):
-    vocab = ordinary_ids(ctx.tokenizer)
-    cands = []
-    for orig in canary["token_ids"]:
-        picks = [t for t in rng.sample(vocab, spec.num_random_candidates + 1) if t != orig][:spec.num_random_candidates]
-        cands.append([[t] for t in picks])
-    return _replace(canary, spec, rng, cands)
+    picks = random_candidates(canary, ordinary_ids(ctx.tokenizer), spec.num_random_candidates, rng)
+    return _replace(canary, spec, rng, [[[t] for t in p] for p in picks])
 
 
 # --------------------------------------------------------------------------------------------- insertion, shuffle
