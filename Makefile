@@ -65,6 +65,8 @@ test-fast: venv
 bench: venv
 	$(BIN)/python benchmarks/check_throughput.py
 	$(BIN)/python benchmarks/dp_overhead.py
+	$(BIN)/python benchmarks/mia_throughput.py
+	$(BIN)/python benchmarks/scan_speed.py
 
 clean:
 	rm -rf results generated_data/demo_fingerprints.json

@@ -6,6 +6,8 @@ from mosaic import STEPS
 
 
 def main(argv):
+    # `deepspeed --module mosaic train ...` puts --local_rank=N before the step; LOCAL_RANK is in the environment
+    argv = [a for a in argv if not a.startswith("--local_rank")]
     if not argv or argv[0] not in STEPS:
         width = max(map(len, STEPS))
         lines = "\n".join(f"  {k:<{width}}  {v}" for k, v in STEPS.items())

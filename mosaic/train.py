@@ -48,6 +48,8 @@ class MosaicTrainConfig:
     offload: bool = C.field(False)
     dtype: str = C.field("auto", choices=["auto", "float32", "bfloat16", "float16"])
     seed: int = C.field(42)
+    save_every_steps: int = C.field(100, hash=False, help="DeepSpeed checkpoint every N steps, so a killed run "
+                                                          "resumes mid-epoch (0: only at epoch ends)")
     results_dir: str = C.field("results/mosaic/models", hash=False)
     run_link: str | None = C.field(None, hash=False, help="also point this path (a symlink) at the run directory")
     overwrite: bool = C.field(False, hash=False)
@@ -57,8 +59,8 @@ class MosaicTrainConfig:
                                            "eval_batch_size") if getattr(self, k) < 1]
         if self.learning_rate <= 0:
             p.append("learning_rate: must be > 0")
-        if self.eval_every < 0:
-            p.append("eval_every: must be >= 0")
+        if self.eval_every < 0 or self.save_every_steps < 0:
+            p.append("eval_every/save_every_steps: must be >= 0")
         return p
 
 
@@ -99,6 +101,11 @@ class AucLogger:
         self.members, self.nonmembers = data["members"], data["nonmembers"]
         self.groups = groups
         self.history: list[dict] = []
+        log = run_dir / "auc_log.jsonl"
+        if (run_dir / "checkpoints" / "latest").is_file() and log.is_file():  # resuming: keep what was logged
+            self.history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        elif is_main() and log.exists():
+            log.unlink()
 
     def __call__(self, engine, step: int):
         if not (step == 0 or step == self.total or (self.every and step % self.every == 0)):
@@ -152,7 +159,7 @@ def main(argv=None) -> Path:
     spec = TrainSpec(epochs=cfg.epochs, micro_batch_size=cfg.batch_size, grad_accum=cfg.gradient_accumulation_steps,
                      lr=cfg.learning_rate, weight_decay=cfg.weight_decay, lr_scheduler=cfg.lr_scheduler,
                      warmup_steps=cfg.warmup_steps, grad_clip=cfg.max_grad_norm, zero_stage=cfg.deepspeed_stage,
-                     offload=cfg.offload, dtype=cfg.dtype, seed=cfg.seed)
+                     offload=cfg.offload, dtype=cfg.dtype, seed=cfg.seed, save_every_steps=cfg.save_every_steps)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     per_step = cfg.batch_size * cfg.gradient_accumulation_steps * world
     total = -(-len(dataset) // (cfg.batch_size * world)) // cfg.gradient_accumulation_steps * cfg.epochs

@@ -102,6 +102,7 @@ class TrainSpec:
     dtype: str = "auto"
     seed: int = 42
     save_every_epochs: int = 1
+    save_every_steps: int = 0  # also checkpoint every N steps inside an epoch (0: only at epoch ends)
     keep_checkpoints: bool = False
     forgetting_lambda: float = 0.0
     forgetting_schedule: str = "end"  # end: after the last epoch only; epoch: after every epoch
@@ -277,29 +278,36 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
     reg = ForgettingRegularizer(engine) if spec.forgetting_lambda > 0 else None
 
     ckpt_dir = run_dir / "checkpoints"
-    start_epoch, history = 0, []
+    start_epoch, skip, history, carried = 0, 0, [], []
     if (ckpt_dir / "latest").is_file():
         _, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=True)
         start_epoch, history = client["epoch"], client.get("history", [])
+        skip, carried = client.get("step_in_epoch", 0), client.get("epoch_losses", [])
         steps.load_state(client.get("steps", {}))
         if rank_ == 0:
-            print(f"[privlm] resuming from {ckpt_dir} at epoch {start_epoch}", flush=True)
-            _log(run_dir, {"event": "resume", "epoch": start_epoch})
+            print(f"[privlm] resuming from {ckpt_dir} at epoch {start_epoch + 1}, step {skip}", flush=True)
+            _log(run_dir, {"event": "resume", "epoch": start_epoch, "step_in_epoch": skip})
 
     t0 = time.time()
-    if on_step is not None and start_epoch == 0:
+    if on_step is not None and start_epoch == 0 and skip == 0:
         on_step(engine, 0)
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=desc, disable=rank_ != 0,
+    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch + skip, desc=desc, disable=rank_ != 0,
                dynamic_ncols=True)
     for epoch in range(start_epoch, spec.epochs):
         engine.train()
-        losses = []
+        losses = carried if epoch == start_epoch else []
         for i, micro_batches in enumerate(steps.epoch(epoch)):
+            if epoch == start_epoch and i < skip:  # done before the checkpoint we resumed from
+                continue
             losses.append(steps.run(micro_batches))
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
             if on_step is not None:
                 on_step(engine, epoch * steps_per_epoch + i + 1)
+            if spec.save_every_steps and (i + 1) % spec.save_every_steps == 0 and i + 1 < steps_per_epoch:
+                _save_checkpoint(engine, ckpt_dir, f"epoch{epoch}_step{i + 1}",
+                                 {"epoch": epoch, "step_in_epoch": i + 1, "epoch_losses": losses,
+                                  "history": history, "steps": steps.state()})
         mean = torch.tensor(sum(losses) / max(1, len(losses)))
         if world > 1:
             torch.distributed.all_reduce(mean)
@@ -312,7 +320,8 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
         if rank_ == 0:
             _log(run_dir, history[-1])
         if not last and (epoch + 1) % spec.save_every_epochs == 0:
-            _save_checkpoint(engine, ckpt_dir, epoch + 1, history, steps.state())
+            _save_checkpoint(engine, ckpt_dir, f"epoch{epoch + 1}",
+                             {"epoch": epoch + 1, "history": history, "steps": steps.state()})
     bar.close()
 
     save_final(engine, tokenizer, run_dir / "final_model", extra_files or {})
@@ -324,10 +333,9 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
             "optimizer_steps": total_steps, **steps.state()}
 
 
-def _save_checkpoint(engine, ckpt_dir: Path, epoch: int, history: list, steps_state: dict):
-    tag = f"epoch{epoch}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"epoch": epoch, "history": history,
-                                                                 "steps": steps_state})
+def _save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict):
+    """DeepSpeed checkpoint (weights, optimizer, scheduler) plus where training stands (`client_state`)."""
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
     barrier()
     if is_main():  # keep only the newest checkpoint: a 7B model's optimizer state is ~100 GB
         for old in ckpt_dir.iterdir():

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import assert_user_error, run_mosaic
 
@@ -99,3 +100,33 @@ def test_bad_input_is_one_error_line_and_writes_nothing(canaries, tiny_model_dir
     assert not out.exists() and not (tmp_path / "corpus").exists()
     proc = run_mosaic("nonsense")
     assert proc.returncode == 2 and "unknown step" in proc.stderr
+
+
+def test_train_resumes_mid_epoch_after_a_kill_and_ends_where_an_unbroken_run_ends(canaries, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from conftest import kill_after_first_checkpoint
+
+    corpus = tmp_path / "corpus"
+    proc = run_mosaic("inject", "--canaries", canaries, "--groups", "exact:2", "--canaries_per_group", "4",
+                      "--book_words", "60", "--output_dir", corpus)
+    assert proc.returncode == 0, proc.stderr
+    common = ["train", "--model", str(tiny_model_dir), "--corpus", str(corpus), "--canaries", str(canaries),
+              "--block_size", "16", "--batch_size", "2", "--learning_rate", "1e-3", "--eval_every", "0",
+              "--deepspeed_stage", "0", "--save_every_steps", "3", "--lr_scheduler", "constant"]
+    broken = tmp_path / "broken"
+    kill_after_first_checkpoint("mosaic/__main__.py", common + ["--results_dir", str(broken)], broken,
+                                "*/checkpoints/latest")
+    assert not list(broken.glob("*/final_model"))
+    proc = run_mosaic(*common, "--results_dir", broken)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = broken.glob("*/final_model")
+    log = [json.loads(line) for line in (run.parent / "log.txt").read_text().splitlines()]
+    assert any(r.get("event") == "resume" and r["step_in_epoch"] >= 3 for r in log)
+    proc = run_mosaic(*common, "--results_dir", tmp_path / "whole")
+    assert proc.returncode == 0, proc.stderr
+    (whole,) = (tmp_path / "whole").glob("*/final_model")
+    a, b = load_file(run / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
