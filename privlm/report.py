@@ -50,7 +50,7 @@ def dp_table(results: Path) -> list[dict]:
         ev = m.get("eval", {})
         pii = ev.get("pii_extraction", {})
         rows.append({"run": run.name, "mode": m.get("mode"),
-                     "epsilon": (m.get("privacy") or {}).get("epsilon", float("inf")),
+                     "epsilon": (m.get("privacy") or {}).get("epsilon"),  # null: no DP (infinite epsilon)
                      "heldout_loss": ev.get("heldout_loss"), "pii_extraction_rate": pii.get("rate"),
                      "pii_extracted": pii.get("extracted"), "pii_strings": pii.get("n"),
                      "pii_token_accuracy": pii.get("token_accuracy"),
@@ -68,11 +68,12 @@ def dp_main(results: Path) -> int:
     print(f"\n{'mode':<12}{'epsilon':>9}{'held-out loss':>15}{'PII extracted':>16}{'PII token acc':>15}"
           f"{'train s':>9}")
     for r in rows:
-        print(f"{r['mode']:<12}{r['epsilon']:>9.2f}{r['heldout_loss']:>15.4f}"
+        eps = "inf" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        print(f"{r['mode']:<12}{eps:>9}{r['heldout_loss']:>15.4f}"
               f"{r['pii_extracted']:>9}/{r['pii_strings']:<6}{r['pii_token_accuracy']:>15.4f}{r['train_seconds']:>9.0f}")
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    names = [f"{r['mode']}\neps={r['epsilon']:.1f}" if r["epsilon"] != float("inf") else r["mode"] for r in rows]
+    names = [f"{r['mode']}\neps={r['epsilon']:.1f}" if r["epsilon"] is not None else r["mode"] for r in rows]
     axes[0].bar(names, [r["pii_extraction_rate"] or 0 for r in rows], color=["C3", "C1", "C2"][: len(rows)])
     axes[0].set_title("PII extraction rate (greedy, from prefix)")
     axes[1].bar(names, [r["pii_token_accuracy"] or 0 for r in rows], color=["C3", "C1", "C2"][: len(rows)])
