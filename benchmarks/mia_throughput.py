@@ -37,22 +37,12 @@ def texts(n: int, words: int) -> list[str]:
     return out
 
 
-@torch.no_grad()
 def plain_forward(model, tok, samples, batch_size):
-    from privlm.mia.scoring import encode_texts
+    """The same padded, length-sorted batches the attacks use, through the model, logits left unscored."""
+    from privlm.mia.scoring import encode_texts, forward_batches
 
-    ids = encode_texts(tok, samples)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    pad = tok.pad_token_id or 0
-    for k in range(0, len(order), batch_size):
-        idx = order[k:k + batch_size]
-        w = max(len(ids[i]) for i in idx)
-        x = torch.full((len(idx), w), pad)
-        m = torch.zeros_like(x)
-        for r, i in enumerate(idx):
-            x[r, :len(ids[i])] = torch.tensor(ids[i])
-            m[r, :len(ids[i])] = 1
-        model(input_ids=x, attention_mask=m).logits.sum()
+    for _ in forward_batches(model, tok, encode_texts(tok, samples), batch_size):
+        pass
 
 
 def timed(fn, repeats: int) -> float:

@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
                         f"context of {context} tokens")
     from tqdm.auto import tqdm
 
-    out = {"model": cfg.model, "target_tokenizer": cfg.target_tokenizer or cfg.model, **C.to_dict(cfg)}
+    out = {**C.to_dict(cfg), "target_tokenizer": cfg.target_tokenizer or cfg.model}  # the tokenizer actually used
     avoid: list[set] = []
     for name, n, seed in (("members", cfg.num_members, cfg.member_seed),
                           ("nonmembers", cfg.num_nonmembers, cfg.nonmember_seed)):

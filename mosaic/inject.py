@@ -11,6 +11,7 @@ and <output_dir>/injection.json (groups, and for every canary its book and the c
 """
 from __future__ import annotations
 
+import json
 import random
 import sys
 from dataclasses import dataclass
@@ -102,8 +103,6 @@ def main(argv=None) -> Path:
                                            else "variation", "index": k} for k, (s, e) in enumerate(spans)]})
             b += 1
     records += [{"book": i, "text": books[i]} for i in range(b, len(books))]
-    import json
-
     with atomic_dir(out_dir) as tmp:
         with open(tmp / "corpus.jsonl", "w") as fh:
             for r in records:

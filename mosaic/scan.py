@@ -128,13 +128,14 @@ def main(argv=None) -> dict | None:
     sep = meta["separator"]
     bounds = S.part_bounds(tokens, sep, cfg.parts)
     base = {"corpus": meta, "size": int(len(tokens)), "bounds": bounds}
-    targets_path = out / "targets.json"
+    targets_path, targets_key = out / "targets.json", digest([base, C.hashed_dict(cfg)])
+    saved = json.loads(targets_path.read_text()) if targets_path.is_file() else {}
 
     # (1)-(2) targets and their exact counts
     if cfg.targets_file:
         queries = load_targets(cfg.targets_file, cfg.tokenizer)
-    elif targets_path.is_file() and json.loads(targets_path.read_text()).get("key") == digest([base, C.hashed_dict(cfg)]):
-        queries = None
+    elif saved.get("key") == targets_key:
+        queries, targets = None, saved["targets"]
     else:
         rng = np.random.default_rng(cfg.seed)
         queries = S.sample_windows(tokens, sep, cfg.length, cfg.num_candidates, cfg.min_unique, rng)
@@ -158,8 +159,7 @@ def main(argv=None) -> dict | None:
             targets += [{"bucket": b if b is not None else c, "exact_count": c, "tokens": q} for q, c in chosen]
         if not targets:
             raise UserError("no target fell into any bucket; check --target_buckets against the corpus")
-        atomic_write_json(targets_path, {"key": digest([base, C.hashed_dict(cfg)]), "targets": targets}, None)
-    targets = json.loads(targets_path.read_text())["targets"]
+        atomic_write_json(targets_path, {"key": targets_key, "targets": targets}, None)
 
     # (3) scan every part
     toks = [t["tokens"] for t in targets]

@@ -95,9 +95,8 @@ def collate(batch):
 class AucLogger:
     """Loss-attack AUC of members (overall and per group) vs non-members, on every rank (ZeRO-3 needs all)."""
 
-    def __init__(self, tokenizer, data: dict, groups: dict[str, set], every: int, total: int, run_dir: Path,
-                 batch_size: int):
-        self.tok, self.every, self.total, self.run_dir, self.bs = tokenizer, every, total, run_dir, batch_size
+    def __init__(self, tokenizer, data: dict, groups: dict[str, set], every: int, run_dir: Path, batch_size: int):
+        self.tok, self.every, self.run_dir, self.bs = tokenizer, every, run_dir, batch_size
         self.members, self.nonmembers = data["members"], data["nonmembers"]
         self.groups = groups
         self.history: list[dict] = []
@@ -107,8 +106,8 @@ class AucLogger:
         elif is_main() and log.exists():
             log.unlink()
 
-    def __call__(self, engine, step: int):
-        if not (step == 0 or step == self.total or (self.every and step % self.every == 0)):
+    def __call__(self, engine, step: int, total: int):
+        if not (step == 0 or step == total or (self.every and step % self.every == 0)):
             return
         model = engine.module
         was_training = model.training
@@ -162,8 +161,7 @@ def main(argv=None) -> Path:
                      offload=cfg.offload, dtype=cfg.dtype, seed=cfg.seed, save_every_steps=cfg.save_every_steps)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     per_step = cfg.batch_size * cfg.gradient_accumulation_steps * world
-    total = -(-len(dataset) // (cfg.batch_size * world)) // cfg.gradient_accumulation_steps * cfg.epochs
-    logger = AucLogger(tok, data, groups, cfg.eval_every, total, run_dir, cfg.eval_batch_size)
+    logger = AucLogger(tok, data, groups, cfg.eval_every, run_dir, cfg.eval_batch_size)
     if is_main():
         print(f"[mosaic] {len(dataset)} chunks of {cfg.block_size} tokens, {per_step} per step, "
               f"{len(data['members'])} members / {len(data['nonmembers'])} non-members")

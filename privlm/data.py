@@ -134,6 +134,12 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> d
             "attention_mask": pad_batch([[1] * len(p) for p in prompts], 0, side="left").to(device)}
 
 
+def right_padded(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """Sequences right-padded for a forward pass: {"input_ids", "attention_mask"}."""
+    return {"input_ids": pad_batch(seqs, pad_id).to(device),
+            "attention_mask": pad_batch([[1] * len(s) for s in seqs], 0).to(device)}
+
+
 def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch; padding is masked in attention and in the loss."""
     ids = pad_batch([e.input_ids for e in examples], pad_id)

@@ -250,7 +250,8 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
 
     `steps_factory(dataset, collate_fn, spec, rank, world)` chooses how logical steps are drawn and taken
     (PlainSteps by default; privlm.dp.DPSteps for DP-SGD); `prepare_model(model)` can wrap the model (LoRA);
-    `on_step(engine, step)` runs on every rank before the first step (step 0) and after each logical step."""
+    `on_step(engine, step, total_steps)` runs on every rank before the first step (step 0) and after each logical
+    step."""
     import deepspeed
     from tqdm.auto import tqdm
 
@@ -290,7 +291,7 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
 
     t0 = time.time()
     if on_step is not None and start_epoch == 0 and skip == 0:
-        on_step(engine, 0)
+        on_step(engine, 0, total_steps)
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch + skip, desc=desc, disable=rank_ != 0,
                dynamic_ncols=True)
     for epoch in range(start_epoch, spec.epochs):
@@ -303,7 +304,7 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
             if on_step is not None:
-                on_step(engine, epoch * steps_per_epoch + i + 1)
+                on_step(engine, epoch * steps_per_epoch + i + 1, total_steps)
             if spec.save_every_steps and (i + 1) % spec.save_every_steps == 0 and i + 1 < steps_per_epoch:
                 _save_checkpoint(engine, ckpt_dir, f"epoch{epoch}_step{i + 1}",
                                  {"epoch": epoch, "step_in_epoch": i + 1, "epoch_losses": losses,

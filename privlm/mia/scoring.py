@@ -65,28 +65,32 @@ def per_position(logits: torch.Tensor, targets: torch.Tensor, moments: bool):
 
 
 @torch.no_grad()
-def token_stats(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int | None = None,
-                moments: bool = True, desc: str | None = None) -> list[TokenStats]:
-    """One forward pass over `texts` (sorted by length into padded batches) -> TokenStats per text, in order."""
+def forward_batches(model, tokenizer, ids: list[list[int]], batch_size: int, desc: str | None = None):
+    """Right-padded batches of `ids`, sorted by length (little padding), through the model: yields
+    (indices into ids, batch input_ids, logits)."""
     from tqdm.auto import tqdm
 
-    ids = encode_texts(tokenizer, texts, max_length)
+    from ..data import right_padded
+
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out: list[TokenStats | None] = [None] * len(ids)
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc=desc, disable=desc is None, leave=False):
-        width = max(len(ids[i]) for i in idx)
-        inp = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(inp)
-        for r, i in enumerate(idx):
-            inp[r, :len(ids[i])] = torch.tensor(ids[i])
-            mask[r, :len(ids[i])] = 1
-        logits = model(input_ids=inp.to(dev), attention_mask=mask.to(dev)).logits
+        batch = right_padded([ids[i] for i in idx], pad, dev)
+        yield idx, batch["input_ids"], model(**batch).logits
+
+
+@torch.no_grad()
+def token_stats(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int | None = None,
+                moments: bool = True, desc: str | None = None) -> list[TokenStats]:
+    """One forward pass over `texts` (sorted by length into padded batches) -> TokenStats per text, in order."""
+    ids = encode_texts(tokenizer, texts, max_length)
+    out: list[TokenStats | None] = [None] * len(ids)
+    for idx, inp, logits in forward_batches(model, tokenizer, ids, batch_size, desc):
         for r, i in enumerate(idx):
             n = len(ids[i]) - 1
-            lp, mu, sd = per_position(logits[r, :n], inp[r, 1:n + 1].to(dev), moments)
+            lp, mu, sd = per_position(logits[r, :n], inp[r, 1:n + 1], moments)
             out[i] = TokenStats(lp.cpu().numpy(), None if mu is None else mu.cpu().numpy(),
                                 None if sd is None else sd.cpu().numpy())
     return out  # type: ignore[return-value]

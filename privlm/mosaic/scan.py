@@ -52,7 +52,7 @@ def open_tokens(prefix: str | Path) -> tuple[np.ndarray, dict]:
     prefix = Path(str(prefix).removesuffix(".bin").removesuffix(".json"))
     meta_p, bin_p = prefix.with_suffix(".json"), prefix.with_suffix(".bin")
     if not meta_p.is_file() or not bin_p.is_file():
-        raise UserError(f"token corpus not found: {prefix}.bin/.json (build it with `python -m mosaic scan --build`)")
+        raise UserError(f"token corpus not found: {prefix}.bin/.json (build it with `python -m mosaic scan --build_from TEXTS`)")
     try:
         meta = json.loads(meta_p.read_text())
         dtype = DTYPES[meta["dtype"]]

@@ -45,10 +45,6 @@ class VarSpec:
     top_p: float = 0.9
 
 
-def special_ids(tokenizer) -> set[int]:
-    return set(tokenizer.all_special_ids)
-
-
 _ORDINARY: dict[int, list[int]] = {}
 
 
@@ -57,7 +53,7 @@ def ordinary_ids(tokenizer) -> list[int]:
     character would inject a replacement character instead of the token)."""
     key = id(tokenizer)
     if key not in _ORDINARY:
-        bad = special_ids(tokenizer)
+        bad = set(tokenizer.all_special_ids)
         _ORDINARY[key] = [i for i in range(len(tokenizer)) if i not in bad and "\ufffd" not in tokenizer.decode([i])]
     return _ORDINARY[key]
 
@@ -103,22 +99,12 @@ def reencode(cand_tokenizer, target_tokenizer, ids: list[int]) -> list[list[int]
 @torch.no_grad()
 def model_candidates(model, cand_tokenizer, target_tokenizer, token_ids: list[int], topk: int) -> list[list[list[int]]]:
     """Top-k candidates (as target-token lists) for every position of a canary, excluding the original."""
-    from ..mia.scoring import start_token_id
-
-    dev = next(model.parameters()).device
-    same_tok = cand_tokenizer is target_tokenizer
-    cands = []
     if not _is_masked_lm(model):
-        if not same_tok:
+        if cand_tokenizer is not target_tokenizer:
             raise UserError("a causal candidate model must share the target tokenizer; use a masked LM otherwise")
-        inp = torch.tensor([[start_token_id(cand_tokenizer)] + token_ids], device=dev)
-        logits = model(input_ids=inp).logits[0, :-1].float()
-        ok = set(ordinary_ids(cand_tokenizer))
-        for pos, orig in enumerate(token_ids):
-            top = torch.topk(logits[pos], 3 * topk + 16).indices.tolist()
-            keep = [t for t in top if t != orig and t in ok][:topk]
-            cands.append([[t] for t in keep])
-        return cands
+        return causal_candidates_batched(model, cand_tokenizer, [{"id": 0, "token_ids": token_ids}], topk)[0]
+    dev = next(model.parameters()).device
+    cands = []
     mask = cand_tokenizer.mask_token
     for pos, orig in enumerate(token_ids):
         prefix, suffix = target_tokenizer.decode(token_ids[:pos]), target_tokenizer.decode(token_ids[pos + 1:])
@@ -170,6 +156,7 @@ def _replace(canary: dict, spec: VarSpec, rng: random.Random, cands) -> list[dic
 @torch.no_grad()
 def causal_candidates_batched(model, tokenizer, canaries: list[dict], topk: int, batch_size: int = 32) -> dict:
     """model_candidates for a causal LM sharing the target tokenizer, many canaries per forward pass."""
+    from ..data import right_padded
     from ..mia.scoring import start_token_id
 
     dev = next(model.parameters()).device
@@ -178,14 +165,8 @@ def causal_candidates_batched(model, tokenizer, canaries: list[dict], topk: int,
     out = {}
     for k in range(0, len(canaries), batch_size):
         chunk = canaries[k:k + batch_size]
-        width = max(len(c["token_ids"]) for c in chunk) + 1
-        x = torch.full((len(chunk), width), pad, dtype=torch.long)
-        m = torch.zeros_like(x)
-        for r, c in enumerate(chunk):
-            x[r, :len(c["token_ids"]) + 1] = torch.tensor([start] + c["token_ids"])
-            m[r, :len(c["token_ids"]) + 1] = 1
-        top = torch.topk(model(input_ids=x.to(dev), attention_mask=m.to(dev)).logits.float(),
-                         3 * topk + 16, dim=-1).indices.tolist()
+        batch = right_padded([[start] + c["token_ids"] for c in chunk], pad, dev)
+        top = torch.topk(model(**batch).logits.float(), 3 * topk + 16, dim=-1).indices.tolist()
         for r, c in enumerate(chunk):
             out[c["id"]] = [[[t] for t in [t for t in top[r][pos] if t != orig and t in ok][:topk]]
                             for pos, orig in enumerate(c["token_ids"])]

@@ -17,9 +17,10 @@ def canaries(tiny_model_dir, tmp_path_factory):
     return out
 
 
-def test_canaries_have_exactly_l_tokens_and_low_overlap(canaries, tiny):
+def test_canaries_have_exactly_l_tokens_and_low_overlap(canaries, tiny, tiny_model_dir):
     _, tok = tiny
     data = json.loads(canaries.read_text())
+    assert data["target_tokenizer"] == str(tiny_model_dir)  # what `variations` re-encodes with
     everyone = data["members"] + data["nonmembers"]
     assert len(data["members"]) == 8 and len(data["nonmembers"]) == 6
     sets = []
