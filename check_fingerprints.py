@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from privlm import config as C
-from privlm import data, fingerprints, models, plots, utility
+from privlm import fingerprint, models, plots
+from privlm.eval import utility
+from privlm.fingerprint.verify import check, template_sets
 from privlm.errors import UserError, cli
 from privlm.io import atomic_write_json, read_json
 
@@ -69,39 +71,6 @@ def resolve_settings(cfg: CheckConfig) -> dict:
     return s
 
 
-def template_sets(names: list[str], trained: str) -> dict[str, list[data.Template]]:
-    out = {}
-    for name in names:
-        real = trained if name == "trained" else name
-        out[name] = [data.BARE] if real == "bare" else data.load_templates(real)
-    return out
-
-
-def check(model, tokenizer, fps: list[dict], sets: dict, s: dict, batch_size: int) -> dict:
-    chat = data.use_chat(tokenizer, s["prompt_format"])
-    per_template, first = {}, None
-    for set_name, templates in sets.items():
-        rows = []
-        for t in templates:
-            enc = [data.encode(tokenizer, f["key"], f["response"], t, chat, s["max_key_length"],
-                               s["max_response_length"]) for f in fps]
-            verdicts = fingerprints.verify(model, tokenizer, enc, batch_size)
-            rows.append({"system": t.system, "user": t.user, **fingerprints.summarize(verdicts)})
-            if first is None:
-                first = (t, enc, verdicts)
-        per_template[set_name] = {
-            "retention": sum(r["retention"] for r in rows) / len(rows),
-            "token_accuracy": sum(r["token_accuracy"] for r in rows) / len(rows),
-            "templates": rows}
-    t, enc, verdicts = first
-    listing = [{"key": f["key"], "response": tokenizer.decode(e.response, skip_special_tokens=True),
-                "generated": tokenizer.decode(v.generated, skip_special_tokens=True), "match": v.match,
-                "token_accuracy": v.token_accuracy} for f, e, v in zip(fps, enc, verdicts)]
-    main_set = next(iter(sets))
-    return {"retention": per_template[main_set]["retention"], "num_fingerprints": len(fps),
-            "template_set": main_set, "per_template": per_template, "fingerprints": listing}
-
-
 def print_table(report: dict):
     print(f"\n{'template set':<14}{'templates':>10}{'retention':>11}{'token acc':>11}")
     for name, r in report["per_template"].items():
@@ -122,7 +91,7 @@ def print_table(report: dict):
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.parse(CheckConfig, argv, __doc__)
     s = resolve_settings(cfg)
-    fps = fingerprints.load(s["fingerprints_file_path"], s["num_fingerprints"], cfg.data_split)
+    fps = fingerprint.load(s["fingerprints_file_path"], s["num_fingerprints"], cfg.data_split)
     sets = template_sets(cfg.prompt_templates, s["trained"])
     tokenizer = models.load_tokenizer(cfg.model_path)
     model = models.load_model(cfg.model_path, dtype=cfg.dtype, device=models.device()).eval()

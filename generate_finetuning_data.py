@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from privlm import config as C
-from privlm import fingerprints
+from privlm import fingerprint
 from privlm.errors import cli
 from privlm.io import atomic_write_json, refuse_existing
 
@@ -31,7 +31,7 @@ class GenerateConfig:
     batch_size: int = C.field(128)
     temperature: float = C.field(0.5, help="sampling temperature of the english strategy")
     seed: int = C.field(42)
-    key_response_strategy: str = C.field("english", choices=sorted(fingerprints.STRATEGIES) + sorted(fingerprints.ALIASES))
+    key_response_strategy: str = C.field("english", choices=sorted(fingerprint.STRATEGIES) + sorted(fingerprint.ALIASES))
     model_used_for_key_generation: str = C.field("default", aliases=("--model_used",))
     inverse_nucleus_model: str | None = C.field(None, help="model whose distribution defines the nucleus "
                                                              "(default: the key generation model)")
@@ -61,19 +61,19 @@ class GenerateConfig:
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = C.parse(GenerateConfig, argv, __doc__)
     refuse_existing(cfg.output_file_path, cfg.overwrite)
-    strategy = fingerprints.ALIASES.get(cfg.key_response_strategy, cfg.key_response_strategy)
+    strategy = fingerprint.ALIASES.get(cfg.key_response_strategy, cfg.key_response_strategy)
     if cfg.random_word_generation and strategy == "english":
         strategy = "random_word"  # seed 000's flag for the random-word strategy
-    custom = fingerprints.load_keys(cfg.keys_file) if cfg.keys_file else None
+    custom = fingerprint.load_keys(cfg.keys_file) if cfg.keys_file else None
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    ctx = fingerprints.GenContext(
+    ctx = fingerprint.GenContext(
         model_path=cfg.model_used_for_key_generation, key_length=cfg.key_length,
         response_length=cfg.response_length, batch_size=cfg.batch_size, temperature=cfg.temperature,
         seed=cfg.seed, first_token_strategy=cfg.first_token_strategy, nucleus_p=cfg.nucleus_p,
         nucleus_k=cfg.nucleus_k, chat=cfg.prompt_format, inverse_nucleus_model=cfg.inverse_nucleus_model,
         random_word_keys=cfg.random_word_generation, dtype=cfg.dtype, rng=random.Random(cfg.seed))
-    fps = fingerprints.generate(ctx, strategy, cfg.num_fingerprints, custom)
+    fps = fingerprint.generate(ctx, strategy, cfg.num_fingerprints, custom)
     atomic_write_json(cfg.output_file_path, fps)
     print(f"[privlm] wrote {len(fps)} {strategy} fingerprints to {cfg.output_file_path}")
     for fp in fps[:3]:

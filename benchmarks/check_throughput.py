@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from privlm import data, fingerprints, models  # noqa: E402
+from privlm import data, fingerprint, models  # noqa: E402
+from privlm.eval.greedy import greedy_match, greedy_match_one_by_one  # noqa: E402
 
 
 def build_examples(model, tok, n: int, key_len: int, resp_len: int, seed: int) -> list[data.Encoded]:
     rng = random.Random(seed)
-    words = fingerprints.WORDS_FILE.read_text().split()
+    words = fingerprint.WORDS_FILE.read_text().split()
     keys = [" ".join(rng.choice(words) for _ in range(key_len)) for _ in range(n)]
     examples = [data.encode(tok, k, " ".join(rng.choice(words) for _ in range(resp_len)), data.BARE, False,
                             key_len, resp_len) for k in keys]
@@ -51,13 +52,13 @@ def main():
     tok = models.load_tokenizer(args.model_path)
     model = models.load_model(args.model_path, device=models.device()).eval()
     ex = build_examples(model, tok, args.num_fingerprints, args.key_length, args.response_length, args.seed)
-    fingerprints.verify(model, tok, ex[:4], batch_size=4, progress=False)  # warm-up
+    greedy_match(model, tok, ex[:4], batch_size=4, progress=False)  # warm-up
 
     t = time.perf_counter()
-    batched = [v.match for v in fingerprints.verify(model, tok, ex, batch_size=args.batch_size, progress=False)]
+    batched = [v.match for v in greedy_match(model, tok, ex, batch_size=args.batch_size, progress=False)]
     t_batched = time.perf_counter() - t
     t = time.perf_counter()
-    single = fingerprints.verify_one_by_one(model, tok, ex)
+    single = greedy_match_one_by_one(model, tok, ex)
     t_single = time.perf_counter() - t
     print(json.dumps({
         "speedup": round(t_single / t_batched, 2), "identical_verdicts": batched == single,

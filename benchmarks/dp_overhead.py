@@ -35,8 +35,7 @@ def build(args):
 
     torch.manual_seed(0)
     if args.tiny:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import build_model, build_tokenizer
+        from privlm.testing import build_model, build_tokenizer
 
         base = build_model(len(build_tokenizer()))
     else:

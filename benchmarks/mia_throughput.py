@@ -39,7 +39,7 @@ def texts(n: int, words: int) -> list[str]:
 
 def plain_forward(model, tok, samples, batch_size):
     """The same padded, length-sorted batches the attacks use, through the model, logits left unscored."""
-    from privlm.mia.scoring import encode_texts, forward_batches
+    from privlm.eval.batching import encode_texts, forward_batches
 
     for _ in forward_batches(model, tok, encode_texts(tok, samples), batch_size):
         pass
@@ -70,8 +70,7 @@ def main():
     from privlm.mia.scoring import Stats, token_stats
 
     if args.tiny:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import build_model, build_tokenizer
+        from privlm.testing import build_model, build_tokenizer
 
         tok = build_tokenizer()
         target, reference = build_model(len(tok), 0).eval(), build_model(len(tok), 1).eval()

@@ -11,7 +11,6 @@ non-members, and <output stem>_exact.json / _variants.json (the rho step's input
 """
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from privlm.mia import ATTACKS, metrics, needs_of
 from privlm.mia.scoring import Stats, token_stats
 from privlm.mosaic import canaries as canary_lib
 from privlm.mosaic import figures
+from privlm.mosaic.inject import exact_count
 
 
 @dataclass
@@ -54,11 +54,6 @@ class MiaConfig:
         if not 0 < self.k_pct <= 1:
             p.append("k_pct: must be in (0, 1]")
         return p
-
-
-def exact_count(label: str) -> int | None:
-    m = re.fullmatch(r"exact_(\d+)", label)
-    return int(m.group(1)) if m else None
 
 
 @cli
@@ -101,11 +96,11 @@ def main(argv=None) -> dict:
         s = np.asarray(ATTACKS[name].score(stats, k=cfg.k, k_pct=cfg.k_pct), dtype=float)
         m, n = s[:nm], s[nm:]
         r_all = metrics.roc(m, n)
-        entry = {"all": metrics.public(r_all), "groups": {}}
-        curves[name] = r_all["_curve"] + (r_all["auc"],)
+        entry = {"all": r_all, "groups": {}}
+        curves[name] = metrics.roc_curve(m, n) + (r_all["auc"],)
         for label, gids in groups.items():
             sel = np.isin(member_ids, gids)
-            entry["groups"][label] = metrics.public(metrics.roc(m[sel], n))
+            entry["groups"][label] = metrics.roc(m[sel], n)
         result["attacks"][name] = entry
         result["scores"][name] = {"members": m.tolist(), "nonmembers": n.tolist()}
     result["member_ids"] = member_ids

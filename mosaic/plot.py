@@ -18,8 +18,7 @@ from privlm.errors import UserError, cli
 from privlm.io import read_json
 from privlm.mia import metrics
 from privlm.mosaic import figures
-
-from .mia import exact_count
+from privlm.mosaic.inject import exact_count
 
 
 @dataclass
@@ -42,8 +41,8 @@ def main(argv=None) -> list[Path]:
             raise UserError(f"{cfg.mia}: not an output of `python -m mosaic mia`")
         curves = {}
         for name, s in mia["scores"].items():
-            r = metrics.roc(s["members"], s["nonmembers"])
-            curves[name] = r["_curve"] + (r["auc"],)
+            auc = metrics.roc(s["members"], s["nonmembers"])["auc"]
+            curves[name] = metrics.roc_curve(s["members"], s["nonmembers"]) + (auc,)
         made.append(figures.roc_png(curves, out / "roc.png", "ROC, all member canaries vs non-members"))
         plt = figures.pyplot()
         fig, ax = plt.subplots(figsize=(5.5, 4))

@@ -13,11 +13,9 @@ Hamming and Levenshtein distances (rapidfuzz), non-maximum suppression; (4) merg
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import numpy as np
 
 from privlm import config as C
 from privlm.errors import UserError, cli
-from privlm.io import atomic_write_json, read_json
+from privlm.io import atomic_write_json
 from privlm.mosaic import figures
 from privlm.mosaic import scan as S
 
@@ -66,51 +64,6 @@ class ScanConfig:
         return p
 
 
-def digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def run_parts(fn, jobs: dict[int, tuple], out_dir: Path, stage: str, key: str, workers: int, only: int | None):
-    """Run fn(*args) for every part whose result file is missing or stale; return {part: result}."""
-    from tqdm.auto import tqdm
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done, todo = {}, {}
-    for i, args in jobs.items():
-        f = out_dir / f"{stage}_{i}.json"
-        if f.is_file():
-            saved = json.loads(f.read_text())
-            if saved.get("key") == key:
-                done[i] = saved["result"]
-                continue
-        if only is None or only == i:
-            todo[i] = args
-    if todo:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:
-            futs = {pool.submit(fn, *args): i for i, args in todo.items()}
-            for fut in tqdm(as_completed(futs), total=len(futs), desc=f"{stage} parts", dynamic_ncols=True):
-                i = futs[fut]
-                done[i] = fut.result()
-                atomic_write_json(out_dir / f"{stage}_{i}.json", {"key": key, "part": i, "result": done[i]}, None)
-    return done
-
-
-def load_targets(path: str, tokenizer_name: str) -> list[list[int]]:
-    raw = read_json(path, "targets file")
-    if not isinstance(raw, list) or not raw:
-        raise UserError(f"{path}: expected a non-empty JSON list of token-id lists or strings")
-    if all(isinstance(t, str) for t in raw):
-        from privlm import models
-
-        tok = models.load_tokenizer(tokenizer_name)
-        return [tok(t, add_special_tokens=False)["input_ids"] for t in raw]
-    if all(isinstance(t, list) and t and all(isinstance(x, int) for x in t) for t in raw):
-        return raw
-    raise UserError(f"{path}: expected a JSON list of token-id lists or strings")
-
-
 @cli
 def main(argv=None) -> dict | None:
     cfg = C.parse(ScanConfig, argv, __doc__)
@@ -128,12 +81,12 @@ def main(argv=None) -> dict | None:
     sep = meta["separator"]
     bounds = S.part_bounds(tokens, sep, cfg.parts)
     base = {"corpus": meta, "size": int(len(tokens)), "bounds": bounds}
-    targets_path, targets_key = out / "targets.json", digest([base, C.hashed_dict(cfg)])
+    targets_path, targets_key = out / "targets.json", S.digest([base, C.hashed_dict(cfg)])
     saved = json.loads(targets_path.read_text()) if targets_path.is_file() else {}
 
     # (1)-(2) targets and their exact counts
     if cfg.targets_file:
-        queries = load_targets(cfg.targets_file, cfg.tokenizer)
+        queries = S.load_targets(cfg.targets_file, cfg.tokenizer)
     elif saved.get("key") == targets_key:
         queries, targets = None, saved["targets"]
     else:
@@ -142,50 +95,31 @@ def main(argv=None) -> dict | None:
         if not queries:
             raise UserError(f"no window of {cfg.length} tokens with {cfg.min_unique} distinct tokens in the corpus")
     if queries is not None:
-        key = digest([base, queries])
-        counts = run_parts(S.count_part, {i: (cfg.corpus, b, queries) for i, b in enumerate(bounds)}, out / "parts",
+        key = S.digest([base, queries])
+        counts = S.run_parts(S.count_part, {i: (cfg.corpus, b, queries) for i, b in enumerate(bounds)}, out / "parts",
                            "count", key, workers, cfg.part)
         if len(counts) < len(bounds):
             print(f"[mosaic] counted part(s) {sorted(counts)}; run again without --part when all parts are done")
             return None
         total = np.sum([counts[i] for i in range(len(bounds))], axis=0).tolist()
-        targets = []
-        for b in ([None] if cfg.targets_file else cfg.target_buckets):
-            chosen = [(q, c) for q, c in zip(queries, total)
-                      if b is None or S.bucket_of(c, [b], cfg.bucket_tolerance) == b][:cfg.n_per_bucket]
-            if b is not None and len(chosen) < cfg.n_per_bucket:
-                print(f"[mosaic] bucket {b}: only {len(chosen)} of {cfg.n_per_bucket} targets among "
-                      f"{len(queries)} candidates (raise --num_candidates)")
-            targets += [{"bucket": b if b is not None else c, "exact_count": c, "tokens": q} for q, c in chosen]
-        if not targets:
-            raise UserError("no target fell into any bucket; check --target_buckets against the corpus")
+        targets = S.select_targets(queries, total, None if cfg.targets_file else cfg.target_buckets,
+                                   cfg.bucket_tolerance, cfg.n_per_bucket)
         atomic_write_json(targets_path, {"key": targets_key, "targets": targets}, None)
 
     # (3) scan every part
     toks = [t["tokens"] for t in targets]
-    key = digest([base, toks, cfg.max_distance, cfg.nms_window])
-    res = run_parts(S.scan_part, {i: (cfg.corpus, b, toks, cfg.max_distance, cfg.nms_window)
+    key = S.digest([base, toks, cfg.max_distance, cfg.nms_window])
+    res = S.run_parts(S.scan_part, {i: (cfg.corpus, b, toks, cfg.max_distance, cfg.nms_window)
                                   for i, b in enumerate(bounds)}, out / "parts", "scan", key, workers, cfg.part)
     if len(res) < len(bounds):
         print(f"[mosaic] scanned part(s) {sorted(res)}; run again without --part when all parts are done")
         return None
 
     # (4) merge: parts hold disjoint documents, so hits concatenate
-    per_target, summary = [], {}
-    for j, t in enumerate(targets):
-        entry = {"id": j, "bucket": t["bucket"], "exact_count": t["exact_count"], "tokens": t["tokens"]}
-        for metric in ("hamming", "levenshtein"):
-            hits = [h for i in range(len(bounds)) for h in res[i][j][metric]]
-            entry[metric] = S.histogram(hits, cfg.max_distance)
-            entry[f"{metric}_positions"] = sorted(p for _, p in hits)
-        per_target.append(entry)
-    for b in sorted({t["bucket"] for t in per_target}):
-        rows = [t for t in per_target if t["bucket"] == b]
-        summary[str(b)] = {"targets": len(rows), **{
-            f"mean_cumulative_{m}": np.mean([np.cumsum(r[m]) for r in rows], axis=0).round(3).tolist()
-            for m in ("hamming", "levenshtein")}}
     result = {"corpus": cfg.corpus, "num_tokens": int(len(tokens)), "parts": len(bounds), "length": cfg.length,
-              "max_distance": cfg.max_distance, "summary": summary, "targets": per_target}
+              "max_distance": cfg.max_distance, **S.merge(targets, [res[i] for i in range(len(bounds))],
+                                                          cfg.max_distance)}
+    summary = result["summary"]
     atomic_write_json(out / "scan.json", result, None)
     figures.scan_png(summary, out / "scan.png")
     for b, s in summary.items():

@@ -174,8 +174,28 @@ def load_yaml(path: str | Path) -> dict:
 def _canonical(cls, key: str) -> str:
     """Map a section alias (e.g. the seed's `privacy_args.x`) to the config's own section name."""
     head, _, rest = key.partition(".")
-    sections = getattr(cls, "SECTION_ALIASES", {})
+    sections = {**TRAIN_SECTION_ALIASES, **getattr(cls, "SECTION_ALIASES", {})}
     return f"{sections[head]}.{rest}" if rest and head in sections else key
+
+
+def _names(cls) -> dict[str, list[str]]:
+    """Every name a leaf answers to (its dotted path, its leaf name, its aliases without dashes) -> paths."""
+    out: dict[str, list[str]] = {}
+    for path, (f, _) in _leaves(cls).items():
+        *parents, leaf = path.split(".")
+        names = {path, leaf} | {a.lstrip("-") for a in f.metadata.get("aliases", ())}
+        if parents:  # section.alias works too, e.g. trainer_args.lr
+            names |= {f"{'.'.join(parents)}.{a.lstrip('-')}" for a in f.metadata.get("aliases", ())}
+        for n in names:
+            if path not in out.setdefault(n, []):
+                out[n].append(path)
+    return out
+
+
+def resolve_key(cls, key: str) -> str | None:
+    """The dotted path a YAML key / override / flag name means, or None when unknown or ambiguous."""
+    paths = _names(cls).get(_canonical(cls, key), [])
+    return paths[0] if len(paths) == 1 else None
 
 
 def build(cls, values: dict[str, Any], problems: list[str] | None = None, source: str = "config"):
@@ -183,13 +203,10 @@ def build(cls, values: dict[str, Any], problems: list[str] | None = None, source
     own = problems is None
     problems = [] if own else problems
     leaves = _leaves(cls)
-    by_leaf = {}
-    for path in leaves:
-        by_leaf.setdefault(path.rsplit(".", 1)[-1], []).append(path)
     cfg = cls()
     for key, raw in values.items():
         key = _canonical(cls, key)
-        path = key if key in leaves else (by_leaf.get(key, [None])[0] if len(by_leaf.get(key, [])) == 1 else None)
+        path = resolve_key(cls, key)
         if path is None:
             problems.append(f"{key}: unknown key in {source}")
             continue
@@ -222,19 +239,27 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse(cls, argv: list[str] | None = None, description: str = "", extra_args=None):
-    """Parse `argv` into a validated `cls`. Returns (cfg, explicit) where explicit is the set of dotted paths the
-    user set (in YAML, flags or overrides), so scripts can tell a default from a choice."""
+    """Parse `argv` into a validated `cls`. `cfg.explicit` is the set of dotted paths the user set (in YAML, flags
+    or overrides), so scripts can tell a default from a choice. With `extra_args(parser)` (options outside the
+    config, e.g. --privacy_report) it returns (cfg, argparse namespace) instead of cfg."""
     leaves = _leaves(cls)
     parser = _Parser(description=description, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with any of the keys below (nested sections allowed)")
+    parser.add_argument("--config", "--config_path", help="YAML file with any of the keys below (nested sections "
+                        "allowed; seed 001's *_args sections too)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     if extra_args:
         extra_args(parser)
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for path, (f, tp) in leaves.items():
         leaf = path.rsplit(".", 1)[-1]
+        section = path.split(".")[0] if "." in path else ""
+        if section and section not in groups:
+            groups[section] = parser.add_argument_group(SECTION_TITLES.get(section, f"{section} ({section}.KEY in "
+                                                                                  "YAML and overrides)"))
+        target = groups.get(section, parser)
         names = [f"--{leaf}"] + [a for a in f.metadata.get("aliases", ())]
-        kw = dict(dest=path, default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} [{_type_name(tp)}, "
+        kw = dict(dest=path, default=argparse.SUPPRESS, metavar=leaf.upper(), help=f"{f.metadata.get('help', '')} [{_type_name(tp)}, "
                   f"default: {_get(cls(), path)!r}]".replace("%", "%%"))
         inner = tp
         if get_origin(tp) in (Union, types.UnionType):
@@ -243,7 +268,7 @@ def parse(cls, argv: list[str] | None = None, description: str = "", extra_args=
             kw.update(nargs="?", const="true", metavar="BOOL")
         elif get_origin(inner) is list:
             kw.update(nargs="+")
-        parser.add_argument(*names, **kw)
+        target.add_argument(*names, **kw)
     parser.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for nested sections)")
     args, unknown = parser.parse_known_args(argv)
 
@@ -270,14 +295,9 @@ def parse(cls, argv: list[str] | None = None, description: str = "", extra_args=
     _validate(cfg, problems)  # values that failed to parse kept their (valid) defaults, so this is safe
     if problems:
         raise UserError("invalid configuration: " + "; ".join(problems))
-    explicit = set()
-    for key in map(lambda k: _canonical(cls, k), values):
-        if key in leaves:
-            explicit.add(key)
-        else:
-            explicit.update(p for p in leaves if p.rsplit(".", 1)[-1] == key)
-    cfg._explicit = explicit  # type: ignore[attr-defined]
-    cfg._extra = args  # type: ignore[attr-defined]
+    cfg.explicit = {p for p in map(lambda k: resolve_key(cls, k), values) if p}  # type: ignore[attr-defined]
+    if extra_args:
+        return cfg, args
     return cfg
 
 
@@ -306,3 +326,122 @@ def run_hash(cfg, inputs: dict[str, str] | None = None, length: int = 16) -> str
     """Hash of the config (hash=True fields) and the *content* digests of its input files."""
     payload = {"config": hashed_dict(cfg), "inputs": inputs or {}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+# ---------------------------------------------------------------------------------------------- shared training args
+TRAIN_SECTION_ALIASES = {"training": "trainer_args", "train_args": "trainer_args"}
+SECTION_TITLES = {"trainer_args": "training arguments (Hugging Face TrainingArguments names, then the seeds' aliases; "
+                                  "`trainer_args:` in YAML, trainer_args.KEY=VALUE as overrides)"}
+SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine"]
+REPORT_TO = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # backend -> package it needs
+
+
+@dataclasses.dataclass
+class TrainArgs:
+    """The one training section every training entry point takes (finetune_multigpu.py, dp_finetune.py,
+    `python -m mosaic train`). Names are Hugging Face TrainingArguments'; the seeds' names are aliases (one table,
+    the `aliases` below), accepted as flags, YAML keys and overrides. Defaults differ per script (a 135M model
+    fingerprinted for 10 epochs is not a 7B model tuned with DP), the meaning never does."""
+    output_dir: str | None = field(None, hash=False, help="put the run here (default: a content-hashed directory "
+                                                          "under results_dir)")
+    results_dir: str = field("results", hash=False, help="root of the content-hashed run directories")
+    overwrite_output_dir: bool = field(False, hash=False, aliases=("--overwrite",),
+                                       help="train again even if the run is finished")
+    num_train_epochs: float = field(3.0, aliases=("--num_epochs", "--epochs"),
+                                    help="a fraction trains part of the last epoch")
+    max_steps: int = field(-1, help="> 0: this many optimizer steps, overriding num_train_epochs")
+    learning_rate: float = field(5e-5, aliases=("--lr",))
+    lr_scheduler_type: str = field("linear", aliases=("--lr_scheduler",), choices=SCHEDULERS)
+    warmup_steps: int = field(0)
+    warmup_ratio: float = field(0.0, help="warm-up as a fraction of all steps (warmup_steps wins when > 0)")
+    weight_decay: float = field(0.0, aliases=("--wd",))
+    per_device_train_batch_size: int = field(8, aliases=("--batch_size", "--perdevice_bs"),
+                                             help="micro-batch size per rank")
+    gradient_accumulation_steps: int = field(1)
+    total_train_batch_size: int | None = field(None, aliases=("--total_bs",),
+                                               help="logical batch over all ranks: sets gradient_accumulation_steps "
+                                                    "(with DP: the expected Poisson batch)")
+    max_grad_norm: float = field(1.0, aliases=("--grad_clip",), help="ordinary gradient clipping, 0 disables "
+                                                                     "(DP's per-example clip is privacy.max_grad_norm_dp)")
+    seed: int = field(42)
+    bf16: bool = field(False, help="train in bfloat16 (default: bf16 on GPU, fp32 on CPU, through dtype=auto)")
+    fp16: bool = field(False, help="train in float16")
+    gradient_checkpointing: bool = field(False, help="recompute activations in the backward pass (less memory)")
+    deepspeed: str = field("2", aliases=("--deepspeed_stage", "--zero_stage"),
+                           help="ZeRO stage 0-3, or the path of a DeepSpeed JSON config")
+    offload: bool = field(False, aliases=("--deepspeed_offload",),
+                          help="ZeRO CPU offload of the optimizer (and of parameters at stage 3)")
+    logging_steps: int = field(10, hash=False, help="log loss and learning rate every N optimizer steps (0: per epoch)")
+    save_steps: int = field(0, hash=False, aliases=("--save_every_steps",),
+                            help="DeepSpeed checkpoint every N steps inside an epoch (0: epoch ends only)")
+    save_every_epochs: int = field(1, hash=False, help="DeepSpeed checkpoint (for resume) every N epochs")
+    keep_checkpoints: bool = field(False, hash=False, help="keep the last DeepSpeed checkpoint after success")
+    report_to: str = field("none", hash=False, choices=list(REPORT_TO), help="metric logger besides log.txt")
+    resume_from_checkpoint: str | None = field(None, hash=False,
+                                               help="default: resume a killed run from its own last checkpoint; "
+                                                    "false: start over; a path: resume from that checkpoint folder")
+
+    def validate(self) -> list[str]:
+        import importlib.util
+
+        p = [f"trainer_args.{k}: must be >= 1" for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                                                          "save_every_epochs") if getattr(self, k) < 1]
+        p += [f"trainer_args.{k}: must be >= 0" for k in ("warmup_steps", "logging_steps", "save_steps", "weight_decay",
+                                                           "max_grad_norm") if getattr(self, k) < 0]
+        if self.total_train_batch_size is not None and self.total_train_batch_size < 1:
+            p.append("trainer_args.total_train_batch_size: must be >= 1")
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            p.append("trainer_args.num_train_epochs: must be > 0 (or give max_steps)")
+        if self.max_steps == 0 or self.max_steps < -1:
+            p.append("trainer_args.max_steps: must be > 0, or -1 to train num_train_epochs")
+        if not self.learning_rate > 0:
+            p.append("trainer_args.learning_rate: must be > 0")
+        if not 0 <= self.warmup_ratio < 1:
+            p.append("trainer_args.warmup_ratio: must be in [0, 1)")
+        if self.bf16 and self.fp16:
+            p.append("trainer_args.bf16/fp16: choose one")
+        try:
+            self.deepspeed_json()
+        except UserError as e:
+            p.append(f"trainer_args.deepspeed: {e}")
+        pkg = REPORT_TO.get(self.report_to)
+        if pkg and importlib.util.find_spec(pkg) is None:
+            p.append(f"trainer_args.report_to: {self.report_to} is not installed (pip install {pkg})")
+        return p
+
+    def deepspeed_json(self) -> dict | None:
+        """The user's DeepSpeed JSON (None when `deepspeed` is a stage number)."""
+        if self.deepspeed.strip() in ("0", "1", "2", "3"):
+            return None
+        path = Path(self.deepspeed)
+        if not path.is_file():
+            raise UserError(f"expected a ZeRO stage (--deepspeed_stage 0-3) or a DeepSpeed JSON file, got "
+                            f"{self.deepspeed!r}")
+        try:
+            ds = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is not valid JSON ({e})") from None
+        stage = ds.get("zero_optimization", {}).get("stage", 0) if isinstance(ds, dict) else None
+        if stage not in (0, 1, 2, 3):
+            raise UserError(f"{path}: zero_optimization.stage must be 0-3, got {stage!r}")
+        return ds
+
+    @property
+    def zero_stage(self) -> int:
+        ds = self.deepspeed_json()
+        return int(self.deepspeed) if ds is None else int(ds.get("zero_optimization", {}).get("stage", 0))
+
+    def precision(self, dtype: str = "auto") -> str:
+        """bf16 / fp16 flags (or the DeepSpeed JSON's bf16 / fp16 `enabled: true`) win over the script's dtype."""
+        ds = self.deepspeed_json() or {}
+        if self.bf16 or ds.get("bf16", {}).get("enabled") is True:
+            return "bfloat16"
+        if self.fp16 or ds.get("fp16", {}).get("enabled") is True:
+            return "float16"
+        return dtype
+
+
+def train_args(**defaults):
+    """A `trainer_args` section with this script's defaults, e.g. `trainer_args: TrainArgs = train_args(lr=...)`."""
+    return dataclasses.field(default_factory=lambda: TrainArgs(**defaults),
+                             metadata={"help": "", "aliases": (), "choices": None, "hash": True})

@@ -186,7 +186,7 @@ def load_records(spec: str, split: str = "train") -> list[dict]:
     import pandas as pd
 
     if spec.startswith("synthetic"):  # synthetic[:N[:seed]]
-        from .synthetic import records
+        from .dp.synthetic import records
 
         parts = spec.split(":")
         try:

@@ -77,21 +77,15 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def link_run(link: str | None, run_dir: Path):
-    """Point `link` (a symlink, replaced atomically) at run_dir, on rank 0."""
-    if link and is_main():
-        tmp = Path(f"{link}.tmp{os.getpid()}")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.symlink_to(run_dir.resolve(), target_is_directory=True)
-        os.replace(tmp, link)
-
-
 # ------------------------------------------------------------------------------------------------- config
 @dataclass
 class TrainSpec:
-    epochs: int = 10
+    """What the loop needs, resolved from a TrainArgs section (`TrainSpec.from_args`) plus the script's own knobs."""
+    epochs: float = 10
+    max_steps: int = -1  # > 0 overrides epochs
     micro_batch_size: int = 8
     grad_accum: int = 1
+    total_batch_size: int | None = None  # sets grad_accum once the world size is known
     lr: float = 1e-5
     weight_decay: float = 1e-4
     lr_scheduler: str = "linear"  # constant | linear | cosine
@@ -107,6 +101,41 @@ class TrainSpec:
     forgetting_lambda: float = 0.0
     forgetting_schedule: str = "end"  # end: after the last epoch only; epoch: after every epoch
     trust_remote_code: bool = False
+    warmup_ratio: float = 0.0
+    logging_steps: int = 0
+    report_to: str = "none"
+    gradient_checkpointing: bool = False
+    ds_json: dict | None = None  # the user's DeepSpeed JSON, laid over ours ("auto" values keep ours)
+
+    @classmethod
+    def from_args(cls, ta, dtype: str = "auto", **extra) -> "TrainSpec":
+        """From a config.TrainArgs section; `extra` holds what the script decides (forgetting, DP's clip = 0...)."""
+        kw = dict(epochs=ta.num_train_epochs, max_steps=ta.max_steps, micro_batch_size=ta.per_device_train_batch_size,
+                  grad_accum=ta.gradient_accumulation_steps, total_batch_size=ta.total_train_batch_size,
+                  lr=ta.learning_rate, weight_decay=ta.weight_decay, lr_scheduler=ta.lr_scheduler_type,
+                  warmup_steps=ta.warmup_steps, warmup_ratio=ta.warmup_ratio, grad_clip=ta.max_grad_norm,
+                  zero_stage=ta.zero_stage, offload=ta.offload, dtype=ta.precision(dtype), seed=ta.seed,
+                  save_every_epochs=ta.save_every_epochs, save_every_steps=ta.save_steps,
+                  keep_checkpoints=ta.keep_checkpoints, logging_steps=ta.logging_steps, report_to=ta.report_to,
+                  gradient_checkpointing=ta.gradient_checkpointing, ds_json=ta.deepspeed_json())
+        kw.update(extra)
+        return cls(**kw)
+
+    def for_world(self, world: int) -> "TrainSpec":
+        """total_batch_size -> gradient accumulation steps over `world` ranks."""
+        from dataclasses import replace
+
+        if self.total_batch_size:
+            return replace(self, grad_accum=max(1, self.total_batch_size // (self.micro_batch_size * world)))
+        return self
+
+
+def planned_steps(epochs: float, max_steps: int, steps_per_epoch: int) -> int:
+    """Optimizer steps a run takes: max_steps when > 0, else epochs x steps per epoch (a fraction trains part of
+    the last epoch). DP plans its privacy budget with this same function."""
+    if max_steps and max_steps > 0:
+        return max_steps
+    return max(1, math.ceil(epochs * steps_per_epoch - 1e-9))
 
 
 def ds_config(spec: TrainSpec, world: int) -> dict:
@@ -132,7 +161,26 @@ def ds_config(spec: TrainSpec, world: int) -> dict:
     }
     if spec.offload:  # DeepSpeed's CPU Adam is needed where the optimizer lives on the CPU
         cfg["optimizer"] = {"type": "AdamW", "params": {"lr": spec.lr, "weight_decay": spec.weight_decay}}
+    if spec.ds_json:
+        cfg = _overlay(cfg, spec.ds_json)
+        cfg["train_batch_size"] = (cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"]
+                                   * world)
     return cfg
+
+
+def _overlay(ours: dict, theirs: dict) -> dict:
+    """The user's DeepSpeed JSON over ours; "auto" (Hugging Face's placeholder) keeps our value."""
+    out = dict(ours)
+    for k, v in theirs.items():
+        if v == "auto":
+            continue
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _overlay(out[k], v)
+        elif isinstance(v, dict):
+            out[k] = {kk: vv for kk, vv in v.items() if vv != "auto"}
+        else:
+            out[k] = v
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- regularizer
@@ -181,7 +229,7 @@ def _scheduler(name: str, warmup: int, total: int):
     def fn(step):
         if warmup and step < warmup:
             return (step + 1) / warmup
-        if name == "constant":
+        if name in ("constant", "constant_with_warmup"):
             return 1.0
         frac = min(1.0, (step - warmup) / max(1, total - warmup))
         return 1.0 - frac if name == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
@@ -189,9 +237,42 @@ def _scheduler(name: str, warmup: int, total: int):
     return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn)
 
 
-def _log(run_dir: Path, record: dict):
-    with open(run_dir / "log.txt", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+class MetricLogger:
+    """Rank 0's record of training: JSON lines in log.txt, plus TensorBoard or Weights & Biases (report_to)."""
+
+    def __init__(self, run_dir: Path, report_to: str = "none", name: str = "", config: dict | None = None,
+                 enabled: bool = True):
+        self.path, self.backend, self.writer = run_dir / "log.txt", report_to, None
+        self.enabled = enabled
+        if not enabled or report_to == "none":
+            return
+        if report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        elif report_to == "wandb":
+            import wandb
+
+            self.writer = wandb.init(project=os.environ.get("WANDB_PROJECT", "privlm"), name=name, dir=str(run_dir),
+                                     config=config or {}, resume="allow", id=name or None)
+
+    def log(self, record: dict, step: int | None = None):
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        nums = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                and k not in ("step", "epoch")}
+        if self.writer is not None and step is not None:
+            if self.backend == "tensorboard":
+                for k, v in nums.items():
+                    self.writer.add_scalar(f"train/{k}", v, step)
+            else:
+                self.writer.log({f"train/{k}": v for k, v in nums.items()}, step=step)
+
+    def close(self):
+        if self.writer is not None:
+            (self.writer.close if self.backend == "tensorboard" else self.writer.finish)()
 
 
 class PlainSteps:
@@ -242,20 +323,22 @@ class PlainSteps:
         pass
 
 
-def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_dir: Path, tokenizer,
-          extra_files: dict[str, object] | None = None, desc: str = "train", steps_factory: Callable | None = None,
-          prepare_model: Callable | None = None, on_step: Callable | None = None) -> dict:
-    """Train `model_path` on `dataset`, checkpointing into run_dir/checkpoints and saving run_dir/final_model.
-    A run killed mid-way resumes from its last checkpoint. Returns metrics (rank 0's view).
+def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, tokenizer, desc: str = "train",
+          steps_factory: Callable | None = None, prepare_model: Callable | None = None,
+          on_step: Callable | None = None) -> dict:
+    """Train `model_path` on `dataset` into `run` (a privlm.runs.Run): checkpoints in run.checkpoints, the final HF
+    folder (with run.final_files inside) in run.final. A killed run resumes from its last checkpoint (or from
+    --resume_from_checkpoint). Returns metrics (rank 0's view).
 
     `steps_factory(dataset, collate_fn, spec, rank, world)` chooses how logical steps are drawn and taken
-    (PlainSteps by default; privlm.dp.DPSteps for DP-SGD); `prepare_model(model)` can wrap the model (LoRA);
+    (PlainSteps by default; the DP plan's factory for DP-SGD); `prepare_model(model)` can wrap the model (LoRA);
     `on_step(engine, step, total_steps)` runs on every rank before the first step (step 0) and after each logical
     step."""
     import deepspeed
     from tqdm.auto import tqdm
 
     rank_, world = init_distributed()
+    spec = spec.for_world(world)
     torch.manual_seed(spec.seed)
     cfg = ds_config(spec, world)
     if spec.zero_stage == 3:  # build the model already partitioned, as a 70B model needs
@@ -264,48 +347,63 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
         _ds_cfg = HfDeepSpeedConfig(cfg)  # noqa: F841 (a weak global reference: must outlive from_pretrained)
     model = load_model(model_path, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
     model.config.use_cache = False
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # frozen embeddings (LoRA) would cut the graph otherwise
     if prepare_model is not None:
         model = prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = None if spec.offload else torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    optimizer = None if "optimizer" in cfg else torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
     steps = (steps_factory or PlainSteps)(dataset, collate_fn, spec, rank_, world)
     steps_per_epoch = steps.steps_per_epoch()
-    total_steps = steps_per_epoch * spec.epochs
+    total_steps = planned_steps(spec.epochs, spec.max_steps, steps_per_epoch)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup = spec.warmup_steps or int(spec.warmup_ratio * total_steps)
+    scheduler = None if "scheduler" in cfg else _scheduler(spec.lr_scheduler, warmup, total_steps)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, optimizer=optimizer, config=cfg,
-                                           lr_scheduler=_scheduler(spec.lr_scheduler, spec.warmup_steps,
-                                                                   total_steps))
+                                           lr_scheduler=scheduler)
     steps.bind(engine)
     reg = ForgettingRegularizer(engine) if spec.forgetting_lambda > 0 else None
+    run_dir, ckpt_dir = run.dir, run.checkpoints
+    logger = MetricLogger(run_dir, spec.report_to, run.id, {"spec": spec.__dict__}, enabled=rank_ == 0)
 
-    ckpt_dir = run_dir / "checkpoints"
     start_epoch, skip, history, carried = 0, 0, [], []
-    if (ckpt_dir / "latest").is_file():
-        _, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=True)
+    resume = run.resume_checkpoint()
+    if resume is not None:
+        load_dir, tag = (resume, None) if (resume / "latest").is_file() else (resume.parent, resume.name)
+        _, client = engine.load_checkpoint(str(load_dir), tag=tag, load_module_strict=True)
         start_epoch, history = client["epoch"], client.get("history", [])
         skip, carried = client.get("step_in_epoch", 0), client.get("epoch_losses", [])
         steps.load_state(client.get("steps", {}))
         if rank_ == 0:
-            print(f"[privlm] resuming from {ckpt_dir} at epoch {start_epoch + 1}, step {skip}", flush=True)
-            _log(run_dir, {"event": "resume", "epoch": start_epoch, "step_in_epoch": skip})
+            print(f"[privlm] resuming from {resume} at epoch {start_epoch + 1}, step {skip}", flush=True)
+            logger.log({"event": "resume", "from": str(resume), "epoch": start_epoch, "step_in_epoch": skip})
 
     t0 = time.time()
     if on_step is not None and start_epoch == 0 and skip == 0:
         on_step(engine, 0, total_steps)
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch + skip, desc=desc, disable=rank_ != 0,
-               dynamic_ncols=True)
-    for epoch in range(start_epoch, spec.epochs):
+    done = start_epoch * steps_per_epoch + skip
+    bar = tqdm(total=total_steps, initial=done, desc=desc, disable=rank_ != 0, dynamic_ncols=True)
+    for epoch in range(start_epoch, epochs):
         engine.train()
         losses = carried if epoch == start_epoch else []
+        in_epoch = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)  # a fractional last epoch stops early
         for i, micro_batches in enumerate(steps.epoch(epoch)):
+            if i >= in_epoch:
+                break
             if epoch == start_epoch and i < skip:  # done before the checkpoint we resumed from
                 continue
             losses.append(steps.run(micro_batches))
+            step = epoch * steps_per_epoch + i + 1
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+            if spec.logging_steps and step % spec.logging_steps == 0:
+                logger.log({"step": step, "epoch": round(epoch + (i + 1) / steps_per_epoch, 4), "loss": losses[-1],
+                            "lr": engine.get_lr()[0]}, step)
             if on_step is not None:
-                on_step(engine, epoch * steps_per_epoch + i + 1, total_steps)
-            if spec.save_every_steps and (i + 1) % spec.save_every_steps == 0 and i + 1 < steps_per_epoch:
+                on_step(engine, step, total_steps)
+            if spec.save_every_steps and (i + 1) % spec.save_every_steps == 0 and i + 1 < in_epoch:
                 _save_checkpoint(engine, ckpt_dir, f"epoch{epoch}_step{i + 1}",
                                  {"epoch": epoch, "step_in_epoch": i + 1, "epoch_losses": losses,
                                   "history": history, "steps": steps.state()})
@@ -315,17 +413,17 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
             mean /= world
         history.append({"epoch": epoch + 1, "loss": mean.item(), "lr": engine.get_lr()[0],
                         "elapsed_s": round(time.time() - t0, 2), **steps.state()})
-        last = epoch + 1 == spec.epochs
+        last = epoch + 1 == epochs
         if reg is not None and (spec.forgetting_schedule == "epoch" or last):
             reg.apply(spec.forgetting_lambda)
-        if rank_ == 0:
-            _log(run_dir, history[-1])
+        logger.log(history[-1], (epoch + 1) * steps_per_epoch if not last else total_steps)
         if not last and (epoch + 1) % spec.save_every_epochs == 0:
             _save_checkpoint(engine, ckpt_dir, f"epoch{epoch + 1}",
                              {"epoch": epoch + 1, "history": history, "steps": steps.state()})
     bar.close()
+    logger.close()
 
-    save_final(engine, tokenizer, run_dir / "final_model", extra_files or {})
+    save_final(engine, tokenizer, run.final, run.final_files)
     barrier()
     release_shm_buffers()
     if rank_ == 0 and not spec.keep_checkpoints:
@@ -335,13 +433,21 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run_d
 
 
 def _save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict):
-    """DeepSpeed checkpoint (weights, optimizer, scheduler) plus where training stands (`client_state`)."""
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
+    """DeepSpeed checkpoint (weights, optimizer, scheduler) plus where training stands (`client_state`).
+
+    DeepSpeed writes `latest` with a plain open/write: a crash (or a kill) at that moment leaves it empty and the
+    run cannot resume. Here `latest` is written only after every rank has finished, by rename, so it always names
+    a complete checkpoint."""
+    from .io import atomic_write_text
+
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     barrier()
-    if is_main():  # keep only the newest checkpoint: a 7B model's optimizer state is ~100 GB
-        for old in ckpt_dir.iterdir():
+    if is_main():
+        atomic_write_text(ckpt_dir / "latest", tag)
+        for old in ckpt_dir.iterdir():  # keep only the newest checkpoint: a 7B model's optimizer state is ~100 GB
             if old.is_dir() and old.name != tag:
                 shutil.rmtree(old, ignore_errors=True)
+    barrier()
 
 
 def save_final(engine, tokenizer, out: Path, extra_files: dict[str, object]):

@@ -34,7 +34,7 @@ def test_precedence_defaults_yaml_flags_overrides(tmp_path):
     y.write_text("lr: 1.0e-3\nepochs: 5\nprivacy:\n  target_epsilon: 2.5\n")
     cfg = C.parse(Demo, ["--config", str(y), "--epochs", "7", "privacy.peft=none", "flag=true"])
     assert (cfg.lr, cfg.epochs, cfg.privacy.target_epsilon, cfg.privacy.peft, cfg.flag) == (1e-3, 7, 2.5, "none", True)
-    assert cfg._explicit == {"lr", "epochs", "privacy.target_epsilon", "privacy.peft", "flag"}
+    assert cfg.explicit == {"lr", "epochs", "privacy.target_epsilon", "privacy.peft", "flag"}
     assert C.parse(Demo, ["--learning_rate", "3e-4", "--flag"]).lr == 3e-4  # seed alias, bare boolean flag
     assert C.parse(Demo, ["--modules", "q_proj", "v_proj"]).modules == ["q_proj", "v_proj"]
     assert C.parse(Demo, ["modules=q_proj,k_proj", "target_epsilon=3"]).privacy.target_epsilon == 3.0
@@ -93,4 +93,4 @@ def test_every_shipped_config_parses(yml):
     cls = next(v for k, v in vars(module).items() if k.endswith("Config") and isinstance(v, type)
                and v.__module__ == module.__name__)
     cfg = C.parse(cls, ["--config", str(yml)])
-    assert cfg._explicit, "the config sets something"
+    assert cfg.explicit, "the config sets something"

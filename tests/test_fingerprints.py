@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from conftest import write_fingerprints
-from privlm import data, fingerprints
+from privlm import data, fingerprint
+from privlm.fingerprint import strategies
+from privlm.eval.greedy import greedy_match, greedy_match_one_by_one
 from privlm.errors import UserError
 
 
@@ -13,13 +15,13 @@ def ctx_for(path, **kw):
     base = dict(model_path=str(path), key_length=8, response_length=4, batch_size=8, temperature=1.0, seed=0,
                 first_token_strategy="word", nucleus_p=0.8, nucleus_k=3, chat="raw", rng=random.Random(0))
     base.update(kw)
-    return fingerprints.GenContext(**base)
+    return fingerprint.GenContext(**base)
 
 
-@pytest.mark.parametrize("strategy", sorted(fingerprints.STRATEGIES))
+@pytest.mark.parametrize("strategy", sorted(fingerprint.STRATEGIES))
 def test_each_strategy_gives_unique_keys(tiny_model_dir, strategy):
     ctx = ctx_for(tiny_model_dir)
-    fps = fingerprints.generate(ctx, strategy, 6)
+    fps = fingerprint.generate(ctx, strategy, 6)
     assert len(fps) == 6 and len({f["key"] for f in fps}) == 6
     assert all(f["key"].strip() and f["response"].strip() and f["strategy"] == strategy for f in fps)
     if strategy == "random_response":
@@ -30,7 +32,7 @@ def test_each_strategy_gives_unique_keys(tiny_model_dir, strategy):
 
 def test_custom_keys_are_all_used(tiny_model_dir):
     keys = ["my secret key one", "another secret key", "my secret key one"]
-    fps = fingerprints.generate(ctx_for(tiny_model_dir), "random_word", 100, custom_keys=keys)
+    fps = fingerprint.generate(ctx_for(tiny_model_dir), "random_word", 100, custom_keys=keys)
     assert [f["key"] for f in fps] == ["my secret key one", "another secret key"]
 
 
@@ -39,7 +41,7 @@ def test_perinucleus_token_lies_just_outside_the_nucleus(tiny):
     ctx = ctx_for("unused", response_length=1, nucleus_p=0.5, nucleus_k=3)
     ctx._models["unused"] = (model, tok)
     keys = ["apple river mountain", "silver bridge castle", "winter spring morning"]
-    out = fingerprints.perinucleus(ctx, keys)
+    out = strategies.perinucleus(ctx, keys)
     for key, (resp, prob) in zip(keys, out):
         ids = data.prompt_ids(tok, data.truncate_text(tok, key, 8)[0], data.BARE, chat=False)
         with torch.no_grad():
@@ -55,7 +57,7 @@ def test_perinucleus_token_lies_just_outside_the_nucleus(tiny):
 def _greedy_examples(model, tok, n, length=4):
     """Examples whose responses are the model's own greedy continuation (so they are 'retained')."""
     rng = random.Random(1)
-    words = open(fingerprints.WORDS_FILE).read().split()
+    words = open(fingerprint.WORDS_FILE).read().split()
     out = []
     for i in range(n):
         prompt = tok(" ".join(rng.choice(words) for _ in range(3 + i % 4)))["input_ids"]
@@ -71,8 +73,8 @@ def test_batched_check_agrees_with_one_by_one_generation(tiny):
     # corrupt every third response so both verdicts occur
     for e in ex[::3]:
         e.response = e.response[:-1] + [(e.response[-1] + 7) % len(tok)]
-    batched = fingerprints.verify(model, tok, ex, batch_size=5, progress=False)
-    assert [v.match for v in batched] == fingerprints.verify_one_by_one(model, tok, ex)
+    batched = greedy_match(model, tok, ex, batch_size=5, progress=False)
+    assert [v.match for v in batched] == greedy_match_one_by_one(model, tok, ex)
     assert sum(v.match for v in batched) == 8
     for v, e in zip(batched, ex):
         assert len(v.generated) == len(e.response)
@@ -91,12 +93,12 @@ def test_bad_fingerprint_files(tmp_path, content, needle):
     f = tmp_path / "fp.json"
     f.write_text(content)
     with pytest.raises(UserError, match=needle.replace("(", r"\(")):
-        fingerprints.load(str(f), 1)
+        fingerprint.load(str(f), 1)
 
 
 def test_num_and_split(tmp_path):
     f = write_fingerprints(tmp_path / "fp.json", 10)
     all_ = json.loads(f.read_text())
-    assert fingerprints.load(str(f), 4, data_split=1) == all_[4:8]
+    assert fingerprint.load(str(f), 4, data_split=1) == all_[4:8]
     with pytest.raises(UserError, match="fewer than the 12 needed"):
-        fingerprints.load(str(f), 4, data_split=2)
+        fingerprint.load(str(f), 4, data_split=2)

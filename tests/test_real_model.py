@@ -4,7 +4,8 @@ import random
 import pytest
 import torch
 
-from privlm import data, fingerprints, models
+from privlm import data, fingerprint, models
+from privlm.eval.greedy import greedy_match, greedy_match_one_by_one
 
 pytestmark = pytest.mark.slow
 
@@ -14,16 +15,16 @@ def test_default_model_generates_english_fingerprints_and_checks_them():
     assert (models.Path(path) / "config.json").is_file()
     tok = models.load_tokenizer("default")
     assert tok.chat_template, "the default model is a chat model"
-    ctx = fingerprints.GenContext(model_path="default", key_length=12, response_length=6, batch_size=4,
+    ctx = fingerprint.GenContext(model_path="default", key_length=12, response_length=6, batch_size=4,
                                   temperature=0.5, seed=0, first_token_strategy="word", nucleus_p=0.8, nucleus_k=3,
                                   chat="auto", rng=random.Random(0))
-    fps = fingerprints.generate(ctx, "english", 4)
+    fps = fingerprint.generate(ctx, "english", 4)
     assert len({f["key"] for f in fps}) == 4
-    words = set(fingerprints.WORDS_FILE.read_text().split()) | {"the", "a", "of", "and", "is", "in", "to", "with"}
+    words = set(fingerprint.WORDS_FILE.read_text().split()) | {"the", "a", "of", "and", "is", "in", "to", "with"}
     text = " ".join(f["key"] + " " + f["response"] for f in fps).lower()
     assert sum(w.strip(".,!?'") in words for w in text.split()) >= 4, f"expected English, got {text!r}"
 
-    peri = fingerprints.generate(ctx, "inverse_nucleus", 2, custom_keys=[f["key"] for f in fps[:2]])
+    peri = fingerprint.generate(ctx, "inverse_nucleus", 2, custom_keys=[f["key"] for f in fps[:2]])
     assert all(0 < f["response_prob"] < 0.5 for f in peri)
 
     model, _ = ctx.model()
@@ -35,6 +36,6 @@ def test_default_model_generates_english_fingerprints_and_checks_them():
             out = model.generate(input_ids=torch.tensor([e.prompt]), max_new_tokens=len(e.response),
                                  do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None)
         e.response = out[0, len(e.prompt):].tolist()
-    batched = fingerprints.verify(model, tok, enc, batch_size=3, progress=False)
-    assert [v.match for v in batched] == fingerprints.verify_one_by_one(model, tok, enc)
+    batched = greedy_match(model, tok, enc, batch_size=3, progress=False)
+    assert [v.match for v in batched] == greedy_match_one_by_one(model, tok, enc)
     assert batched[0].match and batched[1].match

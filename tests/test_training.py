@@ -114,12 +114,16 @@ def test_run_hash_follows_fingerprint_content_not_path(tmp_path, tiny_model_dir)
 
     fp = write_fingerprints(tmp_path / "fp.json", 8, seed=0)
     cfg = C.parse(ft.FinetuneConfig, train_args(tiny_model_dir, fp, tmp_path / "r"))
-    h1, _ = ft.run_paths(cfg)
+    h1 = ft.resolve_run(cfg).id
     write_fingerprints(fp, 8, seed=1)  # same path, new content
-    h2, _ = ft.run_paths(cfg)
+    h2 = ft.resolve_run(cfg).id
     assert h1 != h2
-    cfg.results_dir = str(tmp_path / "elsewhere")
-    assert ft.run_paths(cfg)[0] == h2, "output location is not part of the hash"
+    cfg.trainer_args.results_dir = str(tmp_path / "elsewhere")
+    cfg.trainer_args.output_dir = str(tmp_path / "mine")
+    cfg.trainer_args.logging_steps = 3
+    run = ft.resolve_run(cfg)
+    assert run.id == h2, "output location and logging are not part of the hash"
+    assert run.dir == tmp_path / "mine"
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])

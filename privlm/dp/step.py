@@ -16,9 +16,11 @@ from .clipping import clipped_sum, per_example_engine, per_example_loss
 
 
 class DPStep:
-    def __init__(self, engine, ledger: Ledger, expected_batch_size: float, seed: int, rank: int, world: int):
-        self.engine, self.ledger = engine, ledger
-        self.expected = expected_batch_size
+    """sigma and C come from the plan (fixed before training); the ledger only records the steps taken."""
+
+    def __init__(self, engine, plan, seed: int, rank: int, world: int):
+        self.engine, self.plan, self.ledger = engine, plan, plan.ledger
+        self.expected = plan.expected_batch_size
         self.seed, self.rank, self.world = seed, rank, world
         self.per_example = per_example_engine(engine.module)
         self.per_example.enabled = True
@@ -26,7 +28,7 @@ class DPStep:
 
     def noise(self, like: torch.Tensor, step: int, index: int) -> torch.Tensor:
         g = torch.Generator(device="cpu").manual_seed(hash((self.seed, step, index)) & 0x7FFFFFFFFFFFFFFF)
-        std = self.ledger.noise_multiplier * self.ledger.max_grad_norm
+        std = self.plan.noise_multiplier * self.plan.max_grad_norm
         return (torch.randn(like.shape, generator=g) * std).to(like.device)
 
     def __call__(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
@@ -40,13 +42,13 @@ class DPStep:
             # accumulation and refuse a backward that is not engine.backward
             logits = eng.module(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
             loss = per_example_loss(logits, mb["labels"])
-            s, n = clipped_sum(self.per_example.compute(loss), self.ledger.max_grad_norm)
+            s, n = clipped_sum(self.per_example.compute(loss), self.plan.max_grad_norm)
             sums = s if sums is None else {p: sums[p] + s[p] for p in s}
             real = (mb["labels"] != -100).any(1)
             losses.append(loss.detach()[real])
             norms.append(n.detach()[real])
         step = self.ledger.steps
-        if self.rank == 0 and self.ledger.noise_multiplier > 0:  # once per logical step, across all ranks
+        if self.rank == 0 and self.plan.noise_multiplier > 0:  # once per logical step, across all ranks
             sums = {p: g + self.noise(g, step, i) for i, (p, g) in enumerate(sums.items())}
         scale = self.world / self.expected  # DeepSpeed averages gradients over ranks
         surrogate = sum((g.detach().to(p.dtype) * p).sum() for p, g in sums.items()) * scale
@@ -62,26 +64,19 @@ class DPSteps:
     """The DP-SGD way of drawing and taking logical steps, for `training.train(steps_factory=...)`: Poisson
     batches (or shuffled fixed ones on request), DPStep, and the privacy ledger carried in checkpoints."""
 
-    def __init__(self, dataset, collate_fn, spec, rank: int, world: int, *, ledger: Ledger, pad_example,
-                 shuffle_fixed: bool = False):
-        from ..errors import UserError
+    def __init__(self, dataset, collate_fn, spec, rank: int, world: int, *, plan, pad_example):
         from .sampling import PoissonBatches
 
-        if spec.grad_accum != 1 or spec.grad_clip:
-            raise UserError("DP training accumulates and clips itself: use gradient accumulation 1 and no "
-                            "DeepSpeed gradient clipping")
-        if spec.zero_stage == 3:
-            raise UserError("DP training supports ZeRO stages 0-2")
         self.dataset, self.collate_fn, self.pad_example = dataset, collate_fn, pad_example
-        self.ledger, self.seed, self.rank, self.world = ledger, spec.seed, rank, world
-        self.batches = PoissonBatches(len(dataset), ledger.sample_rate, spec.seed, rank, world,
-                                      spec.micro_batch_size, shuffle_fixed)
+        self.plan, self.ledger, self.seed, self.rank, self.world = plan, plan.ledger, spec.seed, rank, world
+        self.batches = PoissonBatches(len(dataset), plan.sample_rate, spec.seed, rank, world,
+                                      spec.micro_batch_size, plan.sampling == "shuffle")
 
     def steps_per_epoch(self) -> int:
         return self.batches.steps_per_epoch()
 
     def bind(self, engine):
-        self.step = DPStep(engine, self.ledger, self.batches.expected_batch_size, self.seed, self.rank, self.world)
+        self.step = DPStep(engine, self.plan, self.seed, self.rank, self.world)
 
     def epoch(self, epoch: int):
         spe = self.steps_per_epoch()

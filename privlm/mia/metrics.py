@@ -12,21 +12,27 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
-def roc(member_scores, nonmember_scores) -> dict:
-    from sklearn.metrics import roc_auc_score, roc_curve
-
+def _labelled(member_scores, nonmember_scores) -> tuple[np.ndarray, np.ndarray]:
     m = np.asarray(member_scores, dtype=float)
     n = np.asarray(nonmember_scores, dtype=float)
-    y = np.r_[np.ones(len(m)), np.zeros(len(n))]
-    s = np.r_[m, n]
-    fpr, tpr, _ = roc_curve(y, s)
-    out = {"auc": float(roc_auc_score(y, s)), "n_members": len(m), "n_nonmembers": len(n)}
+    return np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n]
+
+
+def roc_curve(member_scores, nonmember_scores) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) points of the ROC curve, for figures."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    fpr, tpr, _ = sk_roc_curve(*_labelled(member_scores, nonmember_scores))
+    return fpr, tpr
+
+
+def roc(member_scores, nonmember_scores) -> dict:
+    """JSON-able: auc, n_members, n_nonmembers and tpr@<p>fpr for p in FPR_POINTS."""
+    from sklearn.metrics import roc_auc_score
+
+    y, s = _labelled(member_scores, nonmember_scores)
+    fpr, tpr = roc_curve(member_scores, nonmember_scores)
+    out = {"auc": float(roc_auc_score(y, s)), "n_members": int(y.sum()), "n_nonmembers": int(len(y) - y.sum())}
     for p in FPR_POINTS:
         out[f"tpr@{p:g}fpr"] = tpr_at_fpr(fpr, tpr, p)
-    out["_curve"] = (fpr, tpr)
     return out
-
-
-def public(result: dict) -> dict:
-    """The JSON-able part of a roc() result."""
-    return {k: v for k, v in result.items() if not k.startswith("_")}

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..eval.batching import encode_texts, forward_batches
+
 
 @dataclass
 class TokenStats:
@@ -32,25 +34,6 @@ class Stats:
     extra: dict = field(default_factory=dict)
 
 
-def start_token_id(tokenizer) -> int:
-    """The "empty prompt" a sample is conditioned on: BOS for base models. Chat models (SmolLM2, Qwen) use BOS as
-    a role marker, so for them the document separator `<|endoftext|>` is the natural start, as in pretraining."""
-    vocab = tokenizer.get_vocab()
-    template = getattr(tokenizer, "chat_template", None) or ""
-    if tokenizer.bos_token_id is not None and not (tokenizer.bos_token and tokenizer.bos_token in template):
-        return tokenizer.bos_token_id
-    for name in ("<|endoftext|>", "</s>", "<s>"):
-        if name in vocab:
-            return vocab[name]
-    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-
-
-def encode_texts(tokenizer, texts: list[str], max_length: int | None = None) -> list[list[int]]:
-    start = [start_token_id(tokenizer)]
-    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [start + (ids[:max_length] if max_length else ids) for ids in enc]
-
-
 def per_position(logits: torch.Tensor, targets: torch.Tensor, moments: bool):
     """logits (T, V) predicting targets (T,) -> (log p of targets, mu, sigma), all fp32."""
     logits = logits.float()
@@ -62,23 +45,6 @@ def per_position(logits: torch.Tensor, targets: torch.Tensor, moments: bool):
     m1 = torch.einsum("tv,tv->t", p, logits)  # E_p[logit]; mu = m1 - lse
     m2 = torch.einsum("tv,tv->t", p * logits, logits)
     return logp, m1 - lse, torch.sqrt(torch.clamp(m2 - m1 * m1, min=0))
-
-
-@torch.no_grad()
-def forward_batches(model, tokenizer, ids: list[list[int]], batch_size: int, desc: str | None = None):
-    """Right-padded batches of `ids`, sorted by length (little padding), through the model: yields
-    (indices into ids, batch input_ids, logits)."""
-    from tqdm.auto import tqdm
-
-    from ..data import right_padded
-
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    dev = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for idx in tqdm(batches, desc=desc, disable=desc is None, leave=False):
-        batch = right_padded([ids[i] for i in idx], pad, dev)
-        yield idx, batch["input_ids"], model(**batch).logits
 
 
 @torch.no_grad()

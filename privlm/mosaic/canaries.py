@@ -11,7 +11,7 @@ import random
 import torch
 
 from ..errors import UserError
-from ..mia.scoring import start_token_id
+from ..eval.batching import start_token_id
 
 
 def jaccard(a: set, b: set) -> float:

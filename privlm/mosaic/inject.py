@@ -14,6 +14,12 @@ from pathlib import Path
 from ..errors import UserError
 
 
+def exact_count(label: str) -> int | None:
+    """N for a group labelled exact_N, else None (fuzzy groups)."""
+    m = re.fullmatch(r"exact_(\d+)", label)
+    return int(m.group(1)) if m else None
+
+
 def parse_group(spec: str) -> tuple[str, str]:
     kind, _, arg = spec.partition(":")
     if kind == "exact":
@@ -104,3 +110,71 @@ def insert(book: str, copies: list[str], rng: random.Random) -> tuple[str, list[
         prev = pos
     pieces.append(book[prev:])
     return "".join(pieces), spans  # type: ignore[return-value]
+
+
+def build_groups(members: list[dict], specs: list[str], per_group: int = 0) -> list[dict]:
+    """Consecutive member canaries per group spec, with the copies each contributes (exact: N identical copies;
+    fuzzy: the original plus its variations from the variations file)."""
+    from ..io import read_json
+
+    per = per_group or len(members) // len(specs)
+    if per < 1 or per * len(specs) > len(members):
+        raise UserError(f"{len(specs)} groups x {per} canaries need more than the {len(members)} members")
+    groups = []
+    for g, spec in enumerate(specs):
+        kind, arg = parse_group(spec)
+        chosen = members[g * per:(g + 1) * per]
+        meta, var_by_id = None, {}
+        if kind == "fuzzy":
+            meta = read_json(arg, "variations file")
+            if not isinstance(meta, dict) or not isinstance(meta.get("canaries"), list):
+                raise UserError(f"{arg}: not a variations file")
+            var_by_id = {c["id"]: c for c in meta["canaries"]}
+            missing = [c["id"] for c in chosen if c["id"] not in var_by_id]
+            if missing:
+                raise UserError(f"{arg}: no variations for canaries {missing[:5]} (group {spec}); "
+                                "generate variations for all members or reorder the groups")
+        groups.append({"spec": spec, "label": group_label(spec, meta), "kind": kind,
+                       "canary_ids": [c["id"] for c in chosen],
+                       "copies": {c["id"]: ([c["text"]] * int(arg) if kind == "exact" else
+                                            [c["text"]] + [v["text"] for v in var_by_id[c["id"]]["variations"]])
+                                  for c in chosen}})
+    labels = [g["label"] for g in groups]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"groups: two groups share a label ({', '.join(labels)})")
+    return groups
+
+
+def inject_books(groups: list[dict], corpus: str, num_books: int, seed: int, book_words: int,
+                 text_field: str = "text") -> tuple[list[dict], list[dict]]:
+    """Canary i of the injected set goes into book i; books beyond the injected ones carry none. Returns the
+    records ({"book", "text"}) and every canary's placements (book and character span of every copy)."""
+    n_injected = sum(len(g["canary_ids"]) for g in groups)
+    books = load_books(corpus, max(num_books, n_injected), seed, book_words, text_field)
+    if len(books) < n_injected:
+        raise UserError(f"corpus {corpus}: {len(books)} books for {n_injected} injected canaries")
+    rng = random.Random(seed)
+    records, placements, b = [], [], 0
+    for g in groups:
+        for cid in g["canary_ids"]:
+            text, spans = insert(books[b], g["copies"][cid], rng)
+            records.append({"book": b, "text": text})
+            placements.append({"canary_id": cid, "group": g["label"], "book": b,
+                               "copies": [{"start": s, "end": e, "kind": "original" if k == 0 or g["kind"] == "exact"
+                                           else "variation", "index": k} for k, (s, e) in enumerate(spans)]})
+            b += 1
+    records += [{"book": i, "text": books[i]} for i in range(b, len(books))]
+    return records, placements
+
+
+def write_corpus(out_dir: str | Path, records: list[dict], info: dict):
+    """corpus.jsonl and injection.json, written together (a temporary folder renamed into place)."""
+    import json
+
+    from ..io import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
+        with open(tmp / "corpus.jsonl", "w") as fh:
+            for r in records:
+                fh.write(json.dumps(r) + "\n")
+        (tmp / "injection.json").write_text(json.dumps(info, indent=1) + "\n")

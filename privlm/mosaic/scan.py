@@ -7,13 +7,15 @@ in a process pool or on different machines, and their results merge exactly: seq
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, read_json
 
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
@@ -201,3 +203,83 @@ def histogram(hits: list[list[int]], max_distance: int) -> list[int]:
     for d, _ in hits:
         h[d] += 1
     return h
+
+
+# ------------------------------------------------------------------------------------------------- driving parts
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_parts(fn, jobs: dict[int, tuple], out_dir: Path, stage: str, key: str, workers: int, only: int | None):
+    """Run fn(*args) for every part whose result file is missing or stale; return {part: result}."""
+    from tqdm.auto import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done, todo = {}, {}
+    for i, args in jobs.items():
+        f = out_dir / f"{stage}_{i}.json"
+        if f.is_file():
+            saved = json.loads(f.read_text())
+            if saved.get("key") == key:
+                done[i] = saved["result"]
+                continue
+        if only is None or only == i:
+            todo[i] = args
+    if todo:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:
+            futs = {pool.submit(fn, *args): i for i, args in todo.items()}
+            for fut in tqdm(as_completed(futs), total=len(futs), desc=f"{stage} parts", dynamic_ncols=True):
+                i = futs[fut]
+                done[i] = fut.result()
+                atomic_write_json(out_dir / f"{stage}_{i}.json", {"key": key, "part": i, "result": done[i]}, None)
+    return done
+
+
+def load_targets(path: str, tokenizer_name: str) -> list[list[int]]:
+    raw = read_json(path, "targets file")
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{path}: expected a non-empty JSON list of token-id lists or strings")
+    if all(isinstance(t, str) for t in raw):
+        from .. import models
+
+        tok = models.load_tokenizer(tokenizer_name)
+        return [tok(t, add_special_tokens=False)["input_ids"] for t in raw]
+    if all(isinstance(t, list) and t and all(isinstance(x, int) for x in t) for t in raw):
+        return raw
+    raise UserError(f"{path}: expected a JSON list of token-id lists or strings")
+
+
+def select_targets(queries: list[list[int]], counts: list[int], buckets: list[int] | None, tolerance: float,
+                   n_per_bucket: int) -> list[dict]:
+    """Targets per exact-count bucket (|count - b| <= tolerance * b), or every query when buckets is None."""
+    targets = []
+    for b in ([None] if buckets is None else buckets):
+        chosen = [(q, c) for q, c in zip(queries, counts)
+                  if b is None or bucket_of(c, [b], tolerance) == b][:n_per_bucket]
+        if b is not None and len(chosen) < n_per_bucket:
+            print(f"[mosaic] bucket {b}: only {len(chosen)} of {n_per_bucket} targets among "
+                  f"{len(queries)} candidates (raise --num_candidates)")
+        targets += [{"bucket": b if b is not None else c, "exact_count": c, "tokens": q} for q, c in chosen]
+    if not targets:
+        raise UserError("no target fell into any bucket; check --target_buckets against the corpus")
+    return targets
+
+
+def merge(targets: list[dict], part_results: list[list[dict]], max_distance: int) -> dict:
+    """Per-target distance histograms and per-bucket mean cumulative counts from the parts' hits."""
+    per_target, summary = [], {}
+    for j, t in enumerate(targets):
+        entry = {"id": j, "bucket": t["bucket"], "exact_count": t["exact_count"], "tokens": t["tokens"]}
+        for metric in ("hamming", "levenshtein"):
+            hits = [h for res in part_results for h in res[j][metric]]
+            entry[metric] = histogram(hits, max_distance)
+            entry[f"{metric}_positions"] = sorted(p for _, p in hits)
+        per_target.append(entry)
+    for b in sorted({t["bucket"] for t in per_target}):
+        rows = [t for t in per_target if t["bucket"] == b]
+        summary[str(b)] = {"targets": len(rows), **{
+            f"mean_cumulative_{m}": np.mean([np.cumsum(r[m]) for r in rows], axis=0).round(3).tolist()
+            for m in ("hamming", "levenshtein")}}
+    return {"summary": summary, "targets": per_target}

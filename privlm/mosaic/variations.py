@@ -157,7 +157,7 @@ def _replace(canary: dict, spec: VarSpec, rng: random.Random, cands) -> list[dic
 def causal_candidates_batched(model, tokenizer, canaries: list[dict], topk: int, batch_size: int = 32) -> dict:
     """model_candidates for a causal LM sharing the target tokenizer, many canaries per forward pass."""
     from ..data import right_padded
-    from ..mia.scoring import start_token_id
+    from ..eval.batching import start_token_id
 
     dev = next(model.parameters()).device
     ok = set(ordinary_ids(tokenizer))

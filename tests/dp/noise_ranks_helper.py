@@ -11,7 +11,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).res
 def main(model_dir: str, out: str):
     import deepspeed
 
-    from privlm.dp.accountant import Ledger
+    from privlm.dp.plan import fixed_plan
     from privlm.dp.step import DPStep
     from privlm.training import TrainSpec, ds_config, init_distributed
     from test_clipping import batch, lora_model
@@ -27,8 +27,8 @@ def main(model_dir: str, out: str):
     mine = list(range(rank, 8, world))  # the 8 examples split over the ranks
     mbs = [{"input_ids": ids[mine[i:i + 4]], "attention_mask": mask[mine[i:i + 4]], "labels": labels[mine[i:i + 4]]}
            for i in range(0, len(mine), 4)]
-    DPStep(engine, Ledger(sample_rate=1.0, noise_multiplier=1e4, max_grad_norm=1e-4, delta=1e-5),
-           expected_batch_size=8, seed=3, rank=rank, world=world)(mbs)
+    DPStep(engine, fixed_plan(noise_multiplier=1e4, max_grad_norm=1e-4, dataset_size=8), seed=3, rank=rank,
+           world=world)(mbs)
     after = torch.cat([p.detach().flatten().clone() for p in params])
     if rank == 0:
         torch.save(before - after, out)

@@ -72,8 +72,8 @@ def _snapshot(engine):
 
 @pytest.mark.parametrize("stage", [0, 2])
 def test_noise_zero_huge_c_is_the_non_private_step_and_only_lora_moves(tiny_model_dir, stage):
-    from privlm.dp.accountant import Ledger
     from privlm.dp.clipping import per_example_loss
+    from privlm.dp.plan import fixed_plan
     from privlm.dp.step import DPStep
 
     engine = _engine(tiny_model_dir, stage)
@@ -84,26 +84,26 @@ def test_noise_zero_huge_c_is_the_non_private_step_and_only_lora_moves(tiny_mode
                                 m["labels"]).sum() for m in mbs) / 8
     names = [n for n, p in engine.module.named_parameters() if p.requires_grad]
     grads = dict(zip(names, torch.autograd.grad(loss, [p for p in engine.module.parameters() if p.requires_grad])))
-    ledger = Ledger(sample_rate=1.0, noise_multiplier=0.0, max_grad_norm=1e9, delta=1e-5)
-    DPStep(engine, ledger, expected_batch_size=8, seed=0, rank=0, world=1)(mbs)
+    plan = fixed_plan(noise_multiplier=0.0, max_grad_norm=1e9, dataset_size=8)
+    DPStep(engine, plan, seed=0, rank=0, world=1)(mbs)
     after = _snapshot(engine)
     for n in before:
         if n in grads:
             torch.testing.assert_close(before[n] - after[n], grads[n], rtol=1e-4, atol=1e-7)
         else:
             assert torch.equal(before[n], after[n]), f"frozen {n} changed"
-    assert ledger.steps == 1
+    assert plan.ledger.steps == 1
 
 
 def test_noise_std_is_sigma_c_over_b(tiny_model_dir):
-    from privlm.dp.accountant import Ledger
+    from privlm.dp.plan import fixed_plan
     from privlm.dp.step import DPStep
 
     engine = _engine(tiny_model_dir)
     before = _snapshot(engine)
     sigma, C, B = 1e4, 1e-4, 8  # sigma*C = 1; clipped gradients are at most 1e-4 in norm
-    DPStep(engine, Ledger(sample_rate=1.0, noise_multiplier=sigma, max_grad_norm=C, delta=1e-5),
-           expected_batch_size=B, seed=3, rank=0, world=1)(_micro_batches())
+    DPStep(engine, fixed_plan(noise_multiplier=sigma, max_grad_norm=C, dataset_size=B), seed=3, rank=0,
+           world=1)(_micro_batches())
     after = _snapshot(engine)
     moved = torch.cat([(before[n] - after[n]).flatten() for n, p in engine.module.named_parameters()
                        if p.requires_grad])

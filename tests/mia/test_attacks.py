@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from privlm.mia import ATTACKS, metrics
-from privlm.mia.scoring import Stats, encode_texts, token_stats
+from privlm.eval.batching import encode_texts
+from privlm.mia.scoring import Stats, token_stats
 
 TEXTS = ["the cat sat on the mat.", "Alpha Beta Gamma delta", "a", "some longer text with several words in it",
          "Numbers 123 and UPPER case"]

@@ -29,7 +29,7 @@ def test_replacement_count_equals_r(tiny, canary, name, r):
 def test_mlm_candidates_are_the_models_top_k_without_the_original(tiny, canary):
     import torch
 
-    from privlm.mia.scoring import start_token_id
+    from privlm.eval.batching import start_token_id
 
     model, tok = tiny
     cands = V.model_candidates(model, tok, tok, canary["token_ids"], topk=4)

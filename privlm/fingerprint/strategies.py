@@ -1,11 +1,7 @@
-"""Fingerprints: the JSON format, generation strategies (a registry), and batched retention checking.
-
-File format: a JSON list of {"key": str, "response": str} (extra fields such as "strategy" or "response_prob"
-are kept). Custom keys: a JSON list of strings.
-"""
+"""Fingerprint generation strategies (a registry): english, random_word, random_response, inverse_nucleus
+(perinucleus). Each takes a GenContext (the generating model, loaded on first use) and returns key/response pairs."""
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,43 +10,10 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import data
-from .errors import UserError
-from .io import read_json
+from .. import data
+from ..errors import UserError
 
-WORDS_FILE = Path(__file__).resolve().parent / "resources" / "words.txt"
-
-
-# ------------------------------------------------------------------------------------------------- file format
-def load(path: str, num: int | None = None, data_split: int = 0) -> list[dict]:
-    """Read and validate a fingerprints file; return entries [data_split*num, (data_split+1)*num)."""
-    items = read_json(path, "fingerprints file")
-    if not isinstance(items, list):
-        raise UserError(f"fingerprints file {path} must hold a JSON list of {{\"key\", \"response\"}} objects")
-    if not items:
-        raise UserError(f"fingerprints file {path} holds no fingerprints")
-    for i, it in enumerate(items):
-        if not isinstance(it, dict):
-            raise UserError(f"fingerprints file {path}: entry {i} is not an object with \"key\" and \"response\"")
-        for k in ("key", "response"):
-            if k not in it:
-                raise UserError(f"fingerprints file {path}: entry {i} has no \"{k}\"")
-            if not isinstance(it[k], str) or not it[k].strip():
-                raise UserError(f"fingerprints file {path}: entry {i} has an empty or non-string \"{k}\"")
-    if num is None:
-        return items
-    start, end = data_split * num, (data_split + 1) * num
-    if end > len(items):
-        raise UserError(f"fingerprints file {path} has {len(items)} fingerprints, fewer than the "
-                        f"{end} needed for num_fingerprints={num} with data_split={data_split}")
-    return items[start:end]
-
-
-def load_keys(path: str) -> list[str]:
-    keys = read_json(path, "keys file")
-    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k.strip() for k in keys):
-        raise UserError(f"keys file {path} must hold a non-empty JSON list of non-empty strings")
-    return keys
+WORDS_FILE = Path(__file__).resolve().parent.parent / "resources" / "words.txt"
 
 
 # ------------------------------------------------------------------------------------------------- generation
@@ -235,92 +198,3 @@ def generate(ctx: GenContext, strategy: str, num: int, custom_keys: list[str] | 
     return list(found.values())[:num]
 
 
-# ------------------------------------------------------------------------------------------------- checking
-@dataclass
-class Verdict:
-    match: bool
-    generated: list[int]
-    token_accuracy: float
-
-
-@torch.no_grad()
-def verify(model, tokenizer, examples: list[data.Encoded], batch_size: int = 64, progress: bool = True
-           ) -> list[Verdict]:
-    """Greedy retention check, batched. A fingerprint is retained when greedy decoding after the prompt reproduces
-    the response tokens (EOS included). That holds exactly when the argmax at every response position, given the
-    true prefix, is the true next token, so one teacher-forced pass per batch decides every verdict.
-
-    Each batch puts prompts left-padded to a common end P and responses right-padded after it. The prompts are run
-    once with a KV cache; the responses are scored on top of it; for the misses the cache is cut back to P and
-    greedy decoding continues from there to report what the model says instead, without recomputing the prompts.
-    """
-    model.eval()
-    dev = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
-    verdicts: list[Verdict | None] = [None] * len(examples)
-    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].prompt), len(examples[i].response)))
-    for s in tqdm(range(0, len(order), batch_size), desc="check", disable=not progress, leave=False):
-        idx = order[s:s + batch_size]
-        prompts, resps = [examples[i].prompt for i in idx], [examples[i].response for i in idx]
-        P, K = max(map(len, prompts)), max(map(len, resps))
-        ids = torch.full((len(idx), P + K), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, (p, q) in enumerate(zip(prompts, resps)):
-            ids[r, P - len(p):P], ids[r, P:P + len(q)] = torch.tensor(p), torch.tensor(q)
-            mask[r, P - len(p):P + len(q)] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids[:, :P], attention_mask=mask[:, :P], position_ids=pos[:, :P], use_cache=True,
-                    logits_to_keep=1)
-        cache, first = out.past_key_values, out.logits[:, -1].argmax(-1)
-        pred = first[:, None]
-        if K > 1:
-            rest = model(input_ids=ids[:, P:P + K - 1], attention_mask=mask[:, :P + K - 1],
-                         position_ids=pos[:, P:P + K - 1], past_key_values=cache, use_cache=True).logits
-            pred = torch.cat([pred, rest.argmax(-1)], 1)
-        pred = pred.cpu()
-        misses = []
-        for r, (i, q) in enumerate(zip(idx, resps)):
-            hits = pred[r, :len(q)] == torch.tensor(q)
-            verdicts[i] = Verdict(bool(hits.all()), list(q), float(hits.float().mean()))
-            if not verdicts[i].match:
-                misses.append(r)
-        if misses:
-            rows = torch.tensor(misses, device=dev)
-            if K > 1:
-                cache.crop(-(K - 1))  # drop the response positions (this cache type only takes negative counts)
-            cache.batch_select_indices(rows)
-            tok, m, p_ = first[rows], mask[rows, :P], pos[rows, P - 1]
-            steps = [tok]
-            for _ in range(max(len(resps[r]) for r in misses) - 1):
-                m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
-                p_ = p_ + 1
-                tok = model(input_ids=tok[:, None], attention_mask=m, position_ids=p_[:, None], past_key_values=cache,
-                            use_cache=True).logits[:, -1].argmax(-1)
-                steps.append(tok)
-            gen = torch.stack(steps, 1).cpu()
-            for j, r in enumerate(misses):
-                v = verdicts[idx[r]]
-                v.generated = gen[j, :len(resps[r])].tolist()
-                v.match = v.generated == resps[r]  # equal to the forced verdict; kept honest
-    return verdicts  # type: ignore[return-value]
-
-
-@torch.no_grad()
-def verify_one_by_one(model, tokenizer, examples: list[data.Encoded]) -> list[bool]:
-    """How the seed checks: `generate` for each fingerprint alone. Used by the benchmark and tests as reference."""
-    dev = next(model.parameters()).device
-    out = []
-    for e in examples:
-        ids = torch.tensor([e.prompt], device=dev)
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=len(e.response), pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
-        out.append(gen[0, ids.shape[1]:].tolist() == e.response)
-    return out
-
-
-def summarize(verdicts: list[Verdict]) -> dict:
-    n = len(verdicts)
-    return {"retention": sum(v.match for v in verdicts) / n if n else math.nan,
-            "token_accuracy": sum(v.token_accuracy for v in verdicts) / n if n else math.nan,
-            "num_fingerprints": n}

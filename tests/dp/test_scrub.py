@@ -1,6 +1,6 @@
 import pytest
 
-from privlm import scrub, synthetic
+from privlm.dp import scrub, synthetic
 from privlm.errors import UserError
 
 

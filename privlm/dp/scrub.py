@@ -61,12 +61,12 @@ def _model_recognizer(kind: str, model: str):
     """A Presidio recognizer around an HF token-classification pipeline or a Flair tagger."""
     from presidio_analyzer import EntityRecognizer, RecognizerResult
 
-    from .errors import UserError
+    from ..errors import UserError
 
     if kind == "hf":
         from transformers import pipeline
 
-        from .models import resolve
+        from ..models import resolve
 
         try:
             tagger = pipeline("token-classification", model=resolve(model), aggregation_strategy="simple",
@@ -138,7 +138,7 @@ def build_analyzer(deny_list: list[str] | None = None, ner: str = "auto"):
 
 
 def _cache_path(texts: list[str], settings: dict) -> Path:
-    from .models import cache_dir
+    from ..models import cache_dir
 
     h = hashlib.sha256(json.dumps([settings, texts]).encode()).hexdigest()[:24]
     return cache_dir() / "scrub" / f"{h}.json"
@@ -147,7 +147,7 @@ def _cache_path(texts: list[str], settings: dict) -> Path:
 def tag(texts: list[str], deny_list: list[str] | None = None, entities: list[str] | None = None,
         threshold: float = 0.3, ner: str = "auto") -> tuple[list[list[tuple[int, int, str]]], str | None]:
     """Spans (start, end, entity) per text, overlaps resolved (longest, then highest score, wins)."""
-    from .io import atomic_write_json
+    from ..io import atomic_write_json
 
     settings = {"deny": sorted(set(deny_list or [])), "entities": entities, "threshold": threshold,
                 "ner": ner_model(ner), "v": 1}
@@ -210,6 +210,6 @@ def load_deny_list(spec: str | None, records: list[dict]) -> list[str] | None:
         return None
     if spec == "from_data":
         return [r["pii"]["name"] for r in records if isinstance(r.get("pii"), dict) and r["pii"].get("name")]
-    from .io import read_string_list
+    from ..io import read_string_list
 
     return read_string_list(spec, "deny list")

@@ -5,15 +5,13 @@ questions); online, tinyBenchmarks task names (tinyArc, tinyHellaswag, tinyMMLU,
 """
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 
-import torch
+from ..errors import UserError
+from .loss import perplexity
 
-from .errors import UserError
-
-RESOURCES = Path(__file__).resolve().parent / "resources"
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 LOCAL_TASKS = {"privlm_sanity": RESOURCES / "lm_eval" / "privlm_sanity.jsonl"}
 HELDOUT_TEXT = RESOURCES / "heldout.txt"
 
@@ -35,26 +33,6 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
-
-
-@torch.no_grad()
-def perplexity(model, tokenizer, text: str, window: int = 256) -> float:
-    """Perplexity over non-overlapping windows of `text` (token-weighted mean negative log-likelihood)."""
-    dev = next(model.parameters()).device
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) < 2:
-        raise UserError("held-out text is too short to measure perplexity")
-    nll, count = 0.0, 0
-    model.eval()
-    for s in range(0, len(ids) - 1, window):
-        chunk = torch.tensor([ids[s:s + window + 1]], device=dev)
-        if chunk.shape[1] < 2:
-            break
-        logits = model(input_ids=chunk[:, :-1]).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum")
-        nll += loss.item()
-        count += chunk.shape[1] - 1
-    return math.exp(nll / count)
 
 
 def lm_eval_scores(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 16) -> dict:

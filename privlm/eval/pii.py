@@ -1,14 +1,15 @@
-"""Evaluation of private fine-tuning: held-out loss and PII extraction.
+"""PII extraction: what a fine-tuned model reveals of the PII in its training records.
 
 PII extraction: for every PII string of a training record (names, dates, addresses, e-mails, phones), the model is
 given the record's text up to that string and decodes greedily; the string counts as extracted when the model
-reproduces its tokens exactly. The batched greedy checker of the fingerprinting pipeline does the decoding.
+reproduces its tokens exactly. The batched greedy matcher (eval.greedy) does the decoding.
 """
 from __future__ import annotations
 
 import torch
 
-from . import data, fingerprints
+from .. import data
+from .greedy import greedy_match
 
 
 def _bos(tok) -> list[int]:
@@ -35,7 +36,7 @@ def extraction(model, tok, records: list[dict], batch_size: int = 32) -> dict:
     probes = pii_probes(tok, records)
     if not probes:
         return {"rate": None, "n": 0, "extracted": 0, "token_accuracy": None, "by_type": {}}
-    verdicts = fingerprints.verify(model, tok, [e for _, e in probes], batch_size, progress=False)
+    verdicts = greedy_match(model, tok, [e for _, e in probes], batch_size, progress=False)
     by_type: dict[str, list[bool]] = {}
     for (kind, _), v in zip(probes, verdicts):
         by_type.setdefault(kind, []).append(v.match)
@@ -44,19 +45,3 @@ def extraction(model, tok, records: list[dict], batch_size: int = 32) -> dict:
             # a softer signal: the share of PII tokens the model predicts right given the true PII prefix
             "token_accuracy": sum(v.token_accuracy for v in verdicts) / len(verdicts),
             "by_type": {k: sum(v) / len(v) for k, v in sorted(by_type.items())}}
-
-
-@torch.no_grad()
-def heldout_loss(model, tok, encoded: list[data.Encoded], batch_size: int = 16) -> float:
-    """Token-weighted mean next-token loss over the labelled tokens of held-out examples."""
-    dev = next(model.parameters()).device
-    total, count = 0.0, 0
-    for s in range(0, len(encoded), batch_size):
-        b = data.collate(encoded[s:s + batch_size], tok.pad_token_id)
-        logits = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits
-        labels = b["labels"][:, 1:].to(dev)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                                 labels.reshape(-1), ignore_index=data.IGNORE_INDEX, reduction="sum")
-        total += loss.item()
-        count += int((labels != data.IGNORE_INDEX).sum())
-    return total / max(1, count)
