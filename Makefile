@@ -10,7 +10,7 @@ export TRANSFORMERS_VERBOSITY ?= error
 # GPUs if there are any, else two CPU ranks
 NGPUS = $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
 
-.PHONY: venv demo demo-dp demo-mosaic test test-fast bench clean
+.PHONY: venv demo demo-dp demo-mosaic test test-fast test-gpu bench clean
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -58,6 +58,11 @@ demo-mosaic: venv
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+# On a CUDA machine: bf16 ZeRO-2/3 fingerprinting, DP-LoRA per-example gradients, batched MIA scoring on the GPU.
+test-gpu: venv
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'test-gpu needs CUDA')"
+	$(BIN)/python -m pytest -q -m gpu tests
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -16,6 +16,22 @@ def pyplot():
 
 def retention_png(report: dict, path: str | Path) -> Path:
     """Bars of retention per template set (each template a thin bar), and utility before/after when present."""
+    return save(retention_figure(report), path)
+
+
+def save(fig, path: str | Path) -> Path:
+    """Write a figure atomically (temp file + rename) and close it."""
+    plt = pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def retention_figure(report: dict):
     plt = pyplot()
     sets = report["per_template"]
     has_u = "utility" in report
@@ -49,9 +65,4 @@ def retention_png(report: dict, path: str | Path) -> Path:
                      f"{u['fingerprinted']['heldout_perplexity']:.1f}")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return fig

@@ -60,17 +60,22 @@ def dp_table(results: Path) -> list[dict]:
     return sorted(rows, key=lambda r: order.get(r["mode"], 3))
 
 
+def format_dp_table(rows: list[dict]) -> str:
+    lines = [f"{'mode':<12}{'epsilon':>9}{'held-out loss':>15}{'PII extracted':>16}{'PII token acc':>15}"
+             f"{'train s':>9}"]
+    for r in rows:
+        eps = "inf" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        lines.append(f"{r['mode']:<12}{eps:>9}{r['heldout_loss']:>15.4f}{r['pii_extracted']:>9}/"
+                     f"{r['pii_strings']:<6}{r['pii_token_accuracy']:>15.4f}{r['train_seconds']:>9.0f}")
+    return "\n".join(lines)
+
+
 def dp_main(results: Path) -> int:
-    from .plots import pyplot
+    from .plots import pyplot, save
 
     rows = dp_table(results)
     atomic_write_json(results / "dp_table.json", rows)
-    print(f"\n{'mode':<12}{'epsilon':>9}{'held-out loss':>15}{'PII extracted':>16}{'PII token acc':>15}"
-          f"{'train s':>9}")
-    for r in rows:
-        eps = "inf" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
-        print(f"{r['mode']:<12}{eps:>9}{r['heldout_loss']:>15.4f}"
-              f"{r['pii_extracted']:>9}/{r['pii_strings']:<6}{r['pii_token_accuracy']:>15.4f}{r['train_seconds']:>9.0f}")
+    print("\n" + format_dp_table(rows))
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     names = [f"{r['mode']}\neps={r['epsilon']:.1f}" if r["epsilon"] is not None else r["mode"] for r in rows]
@@ -81,7 +86,7 @@ def dp_main(results: Path) -> int:
     axes[2].bar(names, [r["heldout_loss"] for r in rows], color=["C3", "C1", "C2"][: len(rows)])
     axes[2].set_title("held-out loss")
     fig.tight_layout()
-    fig.savefig(results / "dp_table.png", dpi=110)
+    save(fig, results / "dp_table.png")
     print(f"[privlm] {results / 'dp_table.json'}, {results / 'dp_table.png'}")
     return 0
 

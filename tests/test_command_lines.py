@@ -7,7 +7,6 @@ import ast
 import importlib
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 

@@ -94,3 +94,78 @@ def test_every_shipped_config_parses(yml):
                and v.__module__ == module.__name__)
     cfg = C.parse(cls, ["--config", str(yml)])
     assert cfg.explicit, "the config sets something"
+
+
+# ------------------------------------------------------------------------------------------ the shared TrainArgs
+@dataclass
+class Script:
+    model: str = C.field("default")
+    trainer_args: C.TrainArgs = C.train_args(learning_rate=1e-5, num_train_epochs=10)
+
+
+def test_train_args_take_hf_names_and_seed_aliases_as_flags_yaml_keys_and_overrides(tmp_path):
+    cfg = C.parse(Script, ["--lr", "3e-4", "--perdevice_bs", "4", "--num_epochs", "2", "--deepspeed_stage", "3",
+                           "--total_bs", "64", "--overwrite"])
+    ta = cfg.trainer_args
+    assert (ta.learning_rate, ta.per_device_train_batch_size, ta.num_train_epochs, ta.zero_stage,
+            ta.total_train_batch_size, ta.overwrite_output_dir) == (3e-4, 4, 2.0, 3, 64, True)
+    assert "trainer_args.learning_rate" in cfg.explicit and "trainer_args.seed" not in cfg.explicit
+    y = tmp_path / "seed.yml"  # seed 001 style: a trainer_args section with HF names; seed 000 style: flat keys
+    y.write_text("trainer_args:\n  learning_rate: 1.0e-3\n  per_device_train_batch_size: 2\nbatch_size: 3\n"
+                 "lr_scheduler: cosine\n")
+    ta = C.parse(Script, ["--config", str(y), "trainer_args.num_train_epochs=0.5", "training.seed=7"]).trainer_args
+    assert (ta.learning_rate, ta.per_device_train_batch_size, ta.lr_scheduler_type, ta.num_train_epochs, ta.seed) \
+        == (1e-3, 3, "cosine", 0.5, 7)
+    assert C.parse(Script, []).trainer_args.learning_rate == 1e-5, "the script's own default"
+    with pytest.raises(UserError) as e:
+        C.parse(Script, ["--lr", "-1", "--deepspeed_stage", "5", "trainer_args.bogus=1", "--bf16", "--fp16"])
+    for needle in ("learning_rate", "--deepspeed_stage", "trainer_args.bogus", "bf16/fp16"):
+        assert needle in str(e.value)
+
+
+def test_train_args_read_a_deepspeed_json(tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}, "bf16": {"enabled": true},'
+                  ' "train_micro_batch_size_per_gpu": "auto"}')
+    ta = C.parse(Script, ["--deepspeed", str(ds)]).trainer_args
+    assert ta.zero_stage == 3 and ta.precision("auto") == "bfloat16"
+    from privlm.training import TrainSpec, ds_config
+
+    cfg = ds_config(TrainSpec.from_args(ta), world=2)
+    assert cfg["zero_optimization"]["offload_param"] == {"device": "cpu"} and cfg["bf16"]["enabled"]
+    assert cfg["train_micro_batch_size_per_gpu"] == ta.per_device_train_batch_size, '"auto" keeps ours'
+    assert cfg["train_batch_size"] == 2 * ta.per_device_train_batch_size
+    ds.write_text('{"zero_optimization": {"stage": 7}}')
+    with pytest.raises(UserError, match="stage must be 0-3"):
+        C.parse(Script, ["--deepspeed", str(ds)])
+    with pytest.raises(UserError, match="DeepSpeed JSON"):
+        C.parse(Script, ["--deepspeed", str(tmp_path / "missing.json")])
+
+
+def test_planned_steps_fractional_epochs_and_max_steps():
+    from privlm.training import planned_steps
+
+    assert planned_steps(3, -1, 10) == 30
+    assert planned_steps(0.5, -1, 10) == 5
+    assert planned_steps(1.25, -1, 3) == 4
+    assert planned_steps(10, 7, 3) == 7
+
+
+def test_help_shows_one_training_block_with_aliases():
+    import contextlib
+    import io
+    import importlib
+
+    blocks = []
+    for name in ("finetune_multigpu", "dp_finetune", "mosaic.train"):
+        mod = importlib.import_module(name)
+        cls = next(v for k, v in vars(mod).items() if k.endswith("Config") and v.__module__ == mod.__name__)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+            C.parse(cls, ["--help"])
+        text = buf.getvalue()
+        block = text[text.index("training arguments"):]
+        assert "--learning_rate LEARNING_RATE, --lr LEARNING_RATE" in block
+        assert "--per_device_train_batch_size PER_DEVICE_TRAIN_BATCH_SIZE, --batch_size" in block
+        blocks.append(re.findall(r"^  (--\S+)", block, re.M))
+    assert blocks[0] == blocks[1] == blocks[2], "the same flags in the same order for every training script"

@@ -33,7 +33,9 @@ def test_default_model_generates_english_fingerprints_and_checks_them():
     # make two of them the model's own greedy answer, so both verdicts occur on the real model
     for e in enc[:2]:
         with torch.no_grad():
-            out = model.generate(input_ids=torch.tensor([e.prompt]), max_new_tokens=len(e.response),
+            # an explicit mask: without one HF masks every pad-token id, and chat prompts contain the pad token
+            ids = torch.tensor([e.prompt])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(e.response),
                                  do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None)
         e.response = out[0, len(e.prompt):].tolist()
     batched = greedy_match(model, tok, enc, batch_size=3, progress=False)

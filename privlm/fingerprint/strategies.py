@@ -37,9 +37,13 @@ class GenContext:
     _models: dict = field(default_factory=dict)
 
     def model(self, path: str | None = None):
-        from .models import device, load_model, load_tokenizer
+        from ..models import device, load_model, load_tokenizer
 
         path = path or self.model_path
+        if not self._models:
+            # Sampling draws from torch's global generator: seed it here so that a GenContext alone makes the
+            # result reproducible (the script seeded it before this point already; callers of the library did not).
+            torch.manual_seed(self.seed)
         if path not in self._models:
             tok = load_tokenizer(path, padding_side="left")
             model = load_model(path, dtype=self.dtype, device=device()).eval()

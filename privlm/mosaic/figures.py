@@ -5,16 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .. import plots
 from ..plots import pyplot  # noqa: F401 (re-exported for the plot step)
 
 
 def save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    pyplot().close(fig)
-    return path
+    return plots.save(fig, path)
 
 
 def roc_png(curves: dict, path, title: str) -> Path:

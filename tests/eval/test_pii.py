@@ -24,7 +24,9 @@ def test_extraction_counts_what_greedy_reproduces(tiny, monkeypatch):
     rigged = []
     for i, (kind, e) in enumerate(real):
         if i % 2 == 0:  # every other probe: replace the PII by the model's own greedy continuation
-            out = model.generate(input_ids=torch.tensor([e.prompt]), max_new_tokens=len(e.response),
+            # an explicit mask: without one HF masks every pad-token id, and chat prompts contain the pad token
+            ids = torch.tensor([e.prompt])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(e.response),
                                  do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None)
             e = data.Encoded(e.prompt, out[0, len(e.prompt):].tolist())
         rigged.append((kind, e))
