@@ -285,7 +285,11 @@ def parse(cls, argv: list[str] | None = None, description: str = "", extra_args=
     for path in leaves:
         if hasattr(args, path):
             values[path] = getattr(args, path)
+    argv_list = list(argv if argv is not None else [])
+    after_unknown = {argv_list[i + 1] for i, t in enumerate(argv_list[:-1]) if t in unknown and t.startswith("-")}
     for ov in overrides:
+        if "=" not in ov and ov in after_unknown:
+            continue  # the value of an unknown option, already reported
         if "=" not in ov:
             problems.append(f"{ov}: overrides must look like key=value")
             continue

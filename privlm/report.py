@@ -15,13 +15,22 @@ COLUMNS = ["run_hash", "model_path", "num_fingerprints", "max_key_length", "max_
            "retention_heldout", "token_accuracy"]
 
 
+def _flat(cfg: dict) -> dict:
+    """Sections (trainer_args, ...) flattened to their leaf names, the way the sweep columns name them."""
+    out = {}
+    for k, v in cfg.items():
+        out.update(_flat(v) if isinstance(v, dict) else {k: v})
+    return out
+
+
 def collect(results: Path) -> list[dict]:
     rows = []
     for run in sorted((results / "saved_models").glob("*/")):
         cfg_file, final = run / "config.json", run / "final_model"
         if not cfg_file.is_file() or not final.is_dir():
             continue
-        cfg = json.loads(cfg_file.read_text())
+        cfg = _flat(json.loads(cfg_file.read_text()))
+        cfg.setdefault("deepspeed_stage", cfg.get("deepspeed"))  # the column keeps the seed's name
         row = {k: cfg.get(k) for k in COLUMNS if k in cfg}
         metrics = run / "metrics.json"
         if metrics.is_file():

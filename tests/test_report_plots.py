@@ -16,7 +16,8 @@ def test_sweep_table_collects_finished_runs_only(tmp_path):
     res = tmp_path / "results"
     for name, lr, ret in (("a1", 1e-5, 0.5), ("b2", 3e-5, 0.75)):
         run = res / "saved_models" / name
-        write(run / "config.json", {"run_hash": name, "learning_rate": lr, "num_fingerprints": 8})
+        write(run / "config.json", {"run_hash": name, "num_fingerprints": 8,  # as Run writes it: nested sections
+                                    "trainer_args": {"learning_rate": lr, "deepspeed": "2"}})
         (run / "final_model").mkdir()
         write(run / "metrics.json", {"history": [{"loss": 2.0}, {"loss": 0.25}], "train_seconds": 12.5})
         write(run / "check.json", {"retention": ret, "template_set": "trained",
@@ -29,6 +30,7 @@ def test_sweep_table_collects_finished_runs_only(tmp_path):
     assert [float(r["retention"]) for r in rows] == [0.5, 0.75]
     assert [float(r["retention_heldout"]) for r in rows] == [0.25, 0.375]
     assert rows[0]["final_loss"] == "0.25" and rows[1]["learning_rate"] == "3e-05"
+    assert rows[0]["deepspeed_stage"] == "2" and rows[0]["num_fingerprints"] == "8"
     assert json.loads((res / "sweep.json").read_text())[1]["train_seconds"] == 12.5
 
 
