@@ -87,6 +87,11 @@ class DPFinetuneConfig:
         return self.privacy.enabled
 
 
+NOT_PRIVATE = ["history[].loss (per-epoch training loss)", "dataset_size",
+               "scrub.entities (entity counts found in the training data)",
+               "eval.pii_extraction (measured on the training records)", "eval.heldout_loss (on held-out records)"]
+
+
 def report_args(parser):
     parser.add_argument("--privacy_report", action="store_true", help="print epsilon (or sigma) as JSON and exit")
     parser.add_argument("--sample_rate", type=float, help="q, for --privacy_report")
@@ -201,7 +206,10 @@ def main(argv: list[str] | None = None) -> dict:
                     desc="dp-sgd" if plan else "fine-tune", steps_factory=factory,
                     prepare_model=lora(cfg.model) if cfg.model.peft == "lora" else None)
     metrics.update(dataset_size=len(records), mode="dp" if plan else ds.dataset_mode, scrub=scrub_report,
-                   privacy_plan=plan.to_dict() if plan else None)
+                   privacy_plan=plan.to_dict() if plan else None,
+                   noise_source=plan.noise_source if plan else None,
+                   # computed on the private data outside the DP guarantee, which covers the weights only
+                   not_private=NOT_PRIVATE if plan else None)
     if is_main():
         metrics["eval"] = evaluate(cfg, run.final, tok, originals, heldout)
         print(f"[privlm] held-out loss {metrics['eval']['heldout_loss']:.4f}, PII extraction "

@@ -22,10 +22,13 @@ class PrivacyArgs:
     target_epsilon: float = C.field(-1.0, aliases=("--eps",), help="> 0 turns DP-SGD on; -1 trains without DP")
     target_delta: float | None = C.field(None, aliases=("--delta",), help="default 1/(2N), must be < 1/N")
     noise_multiplier: float | None = C.field(None, help="sigma; calibrated from target_epsilon when not given")
-    max_grad_norm_dp: float = C.field(1.0, aliases=("--clip",), help="per-example clipping norm C")
+    max_grad_norm_dp: float = C.field(1.0, aliases=("--clip",), help="per-example clipping norm C (-1: none, "
+                                                                      "only without DP)")
     accountant: str = C.field("prv", choices=list(accountant.ACCOUNTANTS))
     sampling: str = C.field("poisson", choices=["poisson", "shuffle"],
                             help="shuffle: fixed batches (the accountant assumes Poisson; a warning is printed)")
+    reproducible_noise: bool = C.field(False, help="derive DP noise and Poisson batches from the config seed (tests, "
+                                                   "debugging); default: the OS's secure randomness, never stored")
 
     @property
     def enabled(self) -> bool:
@@ -38,10 +41,16 @@ class PrivacyArgs:
             p.append("privacy.target_epsilon: must be > 0 (or -1 for no DP)")
         if self.target_delta is not None and not 0 < self.target_delta < 1:
             p.append("privacy.target_delta: must be in (0, 1)")
-        if not self.max_grad_norm_dp > 0:
-            p.append("privacy.max_grad_norm_dp: must be > 0")
+        if self.max_grad_norm_dp == -1:  # seed 004's --clip -1: no clipping, meaningful only without DP
+            if self.target_epsilon != -1 or self.noise_multiplier is not None:
+                p.append("privacy.max_grad_norm_dp: -1 (no clipping) gives no privacy; set a clipping norm > 0")
+        elif not self.max_grad_norm_dp > 0:
+            p.append("privacy.max_grad_norm_dp: must be > 0 (or -1 without DP)")
         if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
             p.append("privacy.noise_multiplier: must be >= 0")
+        elif self.noise_multiplier == 0 and not self.reproducible_noise:
+            p.append("privacy.noise_multiplier: 0 gives no privacy; use target_epsilon -1 for a run without DP (0 is "
+                     "accepted with --reproducible_noise, for debugging)")
         return p
 
 
@@ -59,6 +68,11 @@ class PrivacyPlan:
     dataset_size: int
     target_epsilon: float | None
     ledger: accountant.Ledger
+    reproducible_noise: bool = False
+
+    @property
+    def noise_source(self) -> str:
+        return "seeded" if self.reproducible_noise else "secure"
 
     @property
     def expected_batch_size(self) -> float:
@@ -74,6 +88,7 @@ class PrivacyPlan:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("ledger")
+        d["noise_source"] = self.noise_source
         return d
 
 
@@ -131,16 +146,17 @@ def make_private(privacy: PrivacyArgs, *, dataset_size: int, batch_size: int, ep
     return PrivacyPlan(sample_rate=q, steps=steps, steps_per_epoch=spe, delta=delta,
                        noise_multiplier=budget["noise_multiplier"], max_grad_norm=privacy.max_grad_norm_dp,
                        accountant=privacy.accountant, sampling=privacy.sampling, dataset_size=n,
-                       target_epsilon=privacy.target_epsilon if privacy.target_epsilon > 0 else None, ledger=ledger)
+                       target_epsilon=privacy.target_epsilon if privacy.target_epsilon > 0 else None, ledger=ledger,
+                       reproducible_noise=privacy.reproducible_noise)
 
 
 def fixed_plan(*, noise_multiplier: float, max_grad_norm: float, dataset_size: int, sample_rate: float = 1.0,
-               delta: float = 1e-5, steps: int = 1, accountant_name: str = "prv", sampling: str = "poisson"
-               ) -> PrivacyPlan:
+               delta: float = 1e-5, steps: int = 1, accountant_name: str = "prv", sampling: str = "poisson",
+               reproducible_noise: bool = True) -> PrivacyPlan:
     """A plan with sigma set directly, no calibration (tests, benchmarks, audits that choose sigma themselves)."""
     ledger = accountant.Ledger(sample_rate=sample_rate, noise_multiplier=noise_multiplier,
                                max_grad_norm=max_grad_norm, delta=delta, accountant=accountant_name)
     return PrivacyPlan(sample_rate=sample_rate, steps=steps, steps_per_epoch=max(1, round(1 / sample_rate)),
                        delta=delta, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                        accountant=accountant_name, sampling=sampling, dataset_size=dataset_size, target_epsilon=None,
-                       ledger=ledger)
+                       ledger=ledger, reproducible_noise=reproducible_noise)

@@ -1,7 +1,7 @@
 """Poisson sampling for DP-SGD with fixed-shape micro-batches.
 
 Each logical step includes every example independently with probability q (what the accountant assumes). All
-ranks draw the same inclusion mask from (seed, step); rank r takes every world-th selected example, and splits its
+ranks draw the same inclusion mask from the run's NoiseSource (secret by default) and the step; rank r takes every world-th selected example, and splits its
 share into micro-batches of a fixed size, the last one padded with empty rows (index None) that carry no loss.
 So the logical batch size varies as the analysis requires, while every tensor shape stays fixed for DeepSpeed.
 """
@@ -14,9 +14,14 @@ import torch
 
 
 class PoissonBatches:
-    def __init__(self, n: int, sample_rate: float, seed: int, rank: int = 0, world: int = 1,
+    def __init__(self, n: int, sample_rate: float, source, rank: int = 0, world: int = 1,
                  micro_batch_size: int = 8, shuffle_fixed: bool = False):
-        self.n, self.q, self.seed, self.rank, self.world = n, sample_rate, seed, rank, world
+        """`source`: a privlm.dp.randomness.NoiseSource (or an int seed: reproducible, for tests)."""
+        from .randomness import NoiseSource
+
+        if isinstance(source, int):
+            source = NoiseSource(True, source)
+        self.n, self.q, self.source, self.rank, self.world = n, sample_rate, source, rank, world
         self.micro = micro_batch_size
         self.shuffle_fixed = shuffle_fixed
         if shuffle_fixed:
@@ -32,11 +37,11 @@ class PoissonBatches:
 
     def selected(self, step: int) -> list[int]:
         """Indices of the whole logical batch of `step` (the same on every rank)."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        g = self.source.generator("poisson", step)
         if self.shuffle_fixed:
             per_epoch = self.steps_per_epoch()
             epoch, k = divmod(step, per_epoch)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+            perm = torch.randperm(self.n, generator=self.source.generator("shuffle", epoch))
             size = math.ceil(self.n / per_epoch)
             return perm[k * size:(k + 1) * size].tolist()
         return torch.nonzero(torch.rand(self.n, generator=g) < self.q).flatten().tolist()

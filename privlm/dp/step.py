@@ -18,16 +18,20 @@ from .clipping import clipped_sum, per_example_engine, per_example_loss
 class DPStep:
     """sigma and C come from the plan (fixed before training); the ledger only records the steps taken."""
 
-    def __init__(self, engine, plan, seed: int, rank: int, world: int):
+    def __init__(self, engine, plan, source, rank: int, world: int):
+        """`source`: the run's privlm.dp.randomness.NoiseSource (an int seed means reproducible, for tests)."""
+        from .randomness import NoiseSource
+
         self.engine, self.plan, self.ledger = engine, plan, plan.ledger
         self.expected = plan.expected_batch_size
-        self.seed, self.rank, self.world = seed, rank, world
+        self.source = NoiseSource(True, source) if isinstance(source, int) else source
+        self.rank, self.world = rank, world
         self.per_example = per_example_engine(engine.module)
         self.per_example.enabled = True
         self.last_norms: torch.Tensor | None = None
 
     def noise(self, like: torch.Tensor, step: int, index: int) -> torch.Tensor:
-        g = torch.Generator(device="cpu").manual_seed(hash((self.seed, step, index)) & 0x7FFFFFFFFFFFFFFF)
+        g = self.source.generator("noise", step, index)
         std = self.plan.noise_multiplier * self.plan.max_grad_norm
         return (torch.randn(like.shape, generator=g) * std).to(like.device)
 
@@ -65,18 +69,23 @@ class DPSteps:
     batches (or shuffled fixed ones on request), DPStep, and the privacy ledger carried in checkpoints."""
 
     def __init__(self, dataset, collate_fn, spec, rank: int, world: int, *, plan, pad_example):
-        from .sampling import PoissonBatches
-
         self.dataset, self.collate_fn, self.pad_example = dataset, collate_fn, pad_example
         self.plan, self.ledger, self.seed, self.rank, self.world = plan, plan.ledger, spec.seed, rank, world
-        self.batches = PoissonBatches(len(dataset), plan.sample_rate, spec.seed, rank, world,
-                                      spec.micro_batch_size, plan.sampling == "shuffle")
+        self.dataset_len, self.micro = len(dataset), spec.micro_batch_size
+        self.batches = None  # made in bind(), once ranks can share the secret root
 
     def steps_per_epoch(self) -> int:
-        return self.batches.steps_per_epoch()
+        return self.plan.steps_per_epoch
 
     def bind(self, engine):
-        self.step = DPStep(engine, self.plan, self.seed, self.rank, self.world)
+        from .randomness import NoiseSource
+        from .sampling import PoissonBatches
+
+        # after distributed init: the secure root is drawn on rank 0 and shared (in memory only)
+        self.source = NoiseSource(self.plan.reproducible_noise, self.seed, engine.device)
+        self.batches = PoissonBatches(self.dataset_len, self.plan.sample_rate, self.source, self.rank, self.world,
+                                      self.micro, self.plan.sampling == "shuffle")
+        self.step = DPStep(engine, self.plan, self.source, self.rank, self.world)
 
     def epoch(self, epoch: int):
         spe = self.steps_per_epoch()

@@ -43,18 +43,18 @@ def test_ledger_roundtrip_and_update():
 
 def test_poisson_mean_batch_is_qn_and_ranks_partition_it():
     n, q = 2000, 0.02
-    sizes = [len(PoissonBatches(n, q, seed=1).selected(s)) for s in range(300)]
+    sizes = [len(PoissonBatches(n, q, 1).selected(s)) for s in range(300)]
     mean = sum(sizes) / len(sizes)
     sd = math.sqrt(n * q * (1 - q) / len(sizes))
     assert abs(mean - q * n) < 4 * sd, (mean, q * n)
     assert len(set(sizes)) > 5, "batch sizes vary"
-    full = PoissonBatches(n, q, seed=1).selected(7)
-    r0 = [i for mb in PoissonBatches(n, q, seed=1, rank=0, world=2, micro_batch_size=8).micro_batches(7) for i in mb]
-    r1 = [i for mb in PoissonBatches(n, q, seed=1, rank=1, world=2, micro_batch_size=8).micro_batches(7) for i in mb]
+    full = PoissonBatches(n, q, 1).selected(7)
+    r0 = [i for mb in PoissonBatches(n, q, 1, rank=0, world=2, micro_batch_size=8).micro_batches(7) for i in mb]
+    r1 = [i for mb in PoissonBatches(n, q, 1, rank=1, world=2, micro_batch_size=8).micro_batches(7) for i in mb]
     assert sorted(i for i in r0 + r1 if i is not None) == sorted(full)
-    assert all(len(mb) == 8 for mb in PoissonBatches(n, q, seed=1, world=2, micro_batch_size=8).micro_batches(7))
+    assert all(len(mb) == 8 for mb in PoissonBatches(n, q, 1, world=2, micro_batch_size=8).micro_batches(7))
 
 
 def test_shuffled_batches_warn():
     with pytest.warns(UserWarning, match="Poisson"):
-        PoissonBatches(100, 0.1, seed=0, shuffle_fixed=True)
+        PoissonBatches(100, 0.1, 0, shuffle_fixed=True)

@@ -30,7 +30,7 @@ def adapter(results):
 def test_two_ranks_give_the_same_update_as_one_with_noise_zero(tmp_path, tiny_model_dir):
     args = ["--model_path", str(tiny_model_dir), "--dataset_path", "synthetic:24", "--noise_multiplier", "0",
             "--clip", "0.05", "--perdevice_bs", "3", "--total_bs", "8", "--num_epochs", "1", "--max_seq_len", "40",
-            "--lr", "1e-2", "--deepspeed_stage", "2", "--delta", "1e-3"]
+            "--lr", "1e-2", "--deepspeed_stage", "2", "--delta", "1e-3", "--reproducible_noise"]
     one = run_script("dp_finetune.py", *args, "--results_dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_script("dp_finetune.py", *args, "--results_dir", str(tmp_path / "two"), launcher="deepspeed", ranks=2)
@@ -42,6 +42,38 @@ def test_two_ranks_give_the_same_update_as_one_with_noise_zero(tmp_path, tiny_mo
     assert a.keys() == b.keys() and all("lora" in k for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_noise_is_secret_by_default_and_seeded_on_request(tmp_path, tiny_model_dir):
+    """Two DP runs of one config differ (noise and batches from the OS's secure source, nothing stored to redo them);
+    with --reproducible_noise they are identical. metrics.json says which, and what lies outside the guarantee."""
+    args = ["--model_path", str(tiny_model_dir), "--dataset_path", "synthetic:16", "--eps", "8", "--perdevice_bs", "4",
+            "--total_bs", "4", "--num_epochs", "1", "--max_seq_len", "32", "--lr", "1e-2", "--pii_eval_records", "1",
+            "--eval_dataset_path", "synthetic:2:9"]
+    runs = {}
+    for name, extra in (("s1", []), ("s2", []), ("r1", ["--reproducible_noise"]), ("r2", ["--reproducible_noise"])):
+        p = run_script("dp_finetune.py", *args, *extra, "--output_dir", str(tmp_path / name))
+        assert p.returncode == 0, p.stderr[-2000:]
+        runs[name] = (load_file(str(tmp_path / name / "final_model" / "adapter_model.safetensors")),
+                      json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert any(not torch.equal(runs["s1"][0][k], runs["s2"][0][k]) for k in runs["s1"][0])
+    assert all(torch.equal(runs["r1"][0][k], runs["r2"][0][k]) for k in runs["r1"][0])
+    assert runs["s1"][1]["noise_source"] == "secure" and runs["r1"][1]["noise_source"] == "seeded"
+    assert any("training loss" in x for x in runs["s1"][1]["not_private"])
+    assert runs["s1"][1]["privacy"]["steps"] == runs["s2"][1]["privacy"]["steps"] == 4
+
+
+def test_noise_source_hides_its_root():
+    import pickle
+
+    from privlm.dp.randomness import NoiseSource
+
+    a, b = NoiseSource(False, 0), NoiseSource(False, 0)
+    assert a.seed("noise", 1) != b.seed("noise", 1), "each run draws a fresh secret root"
+    assert NoiseSource(True, 5).seed("noise", 1) == NoiseSource(True, 5).seed("noise", 1)
+    assert "secure" in repr(a) and str(a._root) not in repr(a)
+    with pytest.raises(TypeError):
+        pickle.dumps(a)
 
 
 def _engine(tiny_model_dir, stage=2):
@@ -85,7 +117,7 @@ def test_noise_zero_huge_c_is_the_non_private_step_and_only_lora_moves(tiny_mode
     names = [n for n, p in engine.module.named_parameters() if p.requires_grad]
     grads = dict(zip(names, torch.autograd.grad(loss, [p for p in engine.module.parameters() if p.requires_grad])))
     plan = fixed_plan(noise_multiplier=0.0, max_grad_norm=1e9, dataset_size=8)
-    DPStep(engine, plan, seed=0, rank=0, world=1)(mbs)
+    DPStep(engine, plan, 0, rank=0, world=1)(mbs)
     after = _snapshot(engine)
     for n in before:
         if n in grads:
@@ -102,7 +134,7 @@ def test_noise_std_is_sigma_c_over_b(tiny_model_dir):
     engine = _engine(tiny_model_dir)
     before = _snapshot(engine)
     sigma, C, B = 1e4, 1e-4, 8  # sigma*C = 1; clipped gradients are at most 1e-4 in norm
-    DPStep(engine, fixed_plan(noise_multiplier=sigma, max_grad_norm=C, dataset_size=B), seed=3, rank=0,
+    DPStep(engine, fixed_plan(noise_multiplier=sigma, max_grad_norm=C, dataset_size=B), 3, rank=0,
            world=1)(_micro_batches())
     after = _snapshot(engine)
     moved = torch.cat([(before[n] - after[n]).flatten() for n, p in engine.module.named_parameters()
@@ -126,7 +158,7 @@ def test_resume_after_kill_continues_the_ledger(tmp_path, tiny_model_dir):
 
     args = ["--model_path", str(tiny_model_dir), "--dataset_path", "synthetic:16", "--eps", "8", "--perdevice_bs",
             "4", "--total_bs", "4", "--num_epochs", "12", "--max_seq_len", "32", "--lr", "1e-3", "--pii_eval_records",
-            "2", "--eval_dataset_path", "synthetic:2:9"]
+            "2", "--eval_dataset_path", "synthetic:2:9", "--reproducible_noise"]
     killed = tmp_path / "killed"
     kill_after_first_checkpoint("dp_finetune.py", [*args, "--results_dir", str(killed)], killed,
                                 "dp_models/*/checkpoints/latest")
