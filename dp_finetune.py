@@ -26,7 +26,10 @@ from privlm.runs import Run
 
 @dataclass
 class ModelArgs:
-    model_path: str = C.field("default", aliases=("--model_name",))
+    model_path: str = C.field("default", aliases=("--model_name", "--architecture"),
+                              help="hub id, local folder, .gguf, or `default` (seed 001: model_args.architecture)")
+    pre_trained: bool = C.field(True, help="false: start from the architecture's random initialisation (needs "
+                                           "peft none)")
     peft: str = C.field("lora", choices=["lora", "none"])
     lora_r: int = C.field(8)
     lora_alpha: int = C.field(16)
@@ -39,7 +42,10 @@ class ModelArgs:
 @dataclass
 class DatasetArgs:
     dataset_path: str = C.field("synthetic:256", aliases=("--dataset_name",),
-                                help="local .jsonl/.csv/.parquet/.txt, synthetic[:N], or a hub dataset")
+                                help="local .jsonl/.csv/.parquet/.txt, a datasets.save_to_disk folder (seed 004's "
+                                     "labelled_*), data/echr or data/enron (local exports), synthetic[:N], or a hub "
+                                     "dataset")
+    sample_duplication_rate: int = C.field(1, help="every training record appears this many times (seed 001)")
     dataset_mode: str = C.field("undefended", choices=["undefended", "scrubbed"],
                                 help="scrubbed: PII replaced (Presidio) before training")
     anon_token: str = C.field("<MASK>", help="what scrubbed PII becomes (unless pseudonymize)")
@@ -48,7 +54,9 @@ class DatasetArgs:
                                                "synthetic corpus' own names; needed for PERSON without an NER model")
     scrub_entities: list[str] | None = C.field(None, help="Presidio entity types to scrub (default: all found)")
     ner: str = C.field("auto", help="NER for PERSON/LOCATION: auto (spaCy en_core_web_* if installed), none, "
-                                    "spacy:NAME, hf:MODEL (token classification) or flair:MODEL")
+                                    "spacy:NAME, hf:MODEL (token classification) or flair:MODEL; seed 001's "
+                                    "`flair` (with ner_model) maps to Presidio's auto")
+    ner_model: str | None = C.field(None, help="seed 001's ner_args.ner_model (recorded; see ner)")
     eval_dataset_path: str | None = C.field(None, help="held-out records (default: synthetic:64:1000 for the "
                                                        "synthetic corpus, else the last eval_fraction of the data)")
     eval_fraction: float = C.field(0.1)
@@ -61,7 +69,13 @@ class DatasetArgs:
 
 @dataclass
 class DPFinetuneConfig:
-    SECTION_ALIASES = {"privacy_args": "privacy", "model_args": "model", "dataset_args": "dataset"}  # seed 001
+    SECTION_ALIASES = {"privacy_args": "privacy", "model_args": "model", "dataset_args": "dataset",
+                       "ner_args": "dataset"}  # seed 001's sections
+    IGNORED_KEYS = {"privacy.eps_error": "the accountant's own precision is used",
+                    "privacy.no_accountant": "the accountant always runs",
+                    "dataset.anonymize": "scrubbing follows dataset_mode and anon_token / pseudonymize",
+                    "dataset.limit_eval_dataset": "held-out data is set by eval_dataset_path / eval_fraction",
+                    "model.chat_template": "prompts follow prompt_style"}
     privacy: PrivacyArgs = field(default_factory=PrivacyArgs)
     model: ModelArgs = field(default_factory=ModelArgs)
     dataset: DatasetArgs = field(default_factory=DatasetArgs)
@@ -69,6 +83,10 @@ class DPFinetuneConfig:
                                              num_train_epochs=3, learning_rate=3e-4, lr_scheduler_type="constant",
                                              weight_decay=0.0, deepspeed="0", max_grad_norm=1.0)
     gpus: int | None = C.field(None, hash=False, help="seed compatibility; the deepspeed launcher decides")
+    job_sess: str | None = C.field(None, hash=False, help="seed 004: the run goes to outputs/<job_sess>/ (unless "
+                                                         "output_dir is given)")
+    no_eval_at_start: bool = C.field(False, hash=False, help="seed 004 compatibility: there is no evaluation before "
+                                                             "training")
 
     def validate(self):
         p = []
@@ -76,9 +94,13 @@ class DPFinetuneConfig:
             p.append("model.lora_r: must be >= 1")
         if self.trainer_args.total_train_batch_size is None:
             p.append("trainer_args.total_train_batch_size: required (the logical batch; with DP the expected one)")
+        if not self.model.pre_trained and self.model.peft != "none":
+            p.append("model.pre_trained: false trains from a random initialisation, which needs peft none")
+        if self.dataset.sample_duplication_rate < 1:
+            p.append("dataset.sample_duplication_rate: must be >= 1")
         from privlm.dp.scrub import check_ner
 
-        if check_ner(self.dataset.ner):
+        if self.dataset.ner != "flair" and check_ner(self.dataset.ner):
             p.append("dataset." + check_ner(self.dataset.ner))
         return p
 
@@ -143,7 +165,8 @@ def evaluate(cfg: DPFinetuneConfig, final: Path, tok, train_records: list[dict],
 
 
 def load_data(ds: DatasetArgs) -> tuple[list[dict], list[dict]]:
-    """Training records and held-out records (cheap: no scrubbing, no tokenizer)."""
+    """Training records and held-out records (cheap: no scrubbing, no tokenizer). A dataset with its own splits
+    (ECHR, a save_to_disk DatasetDict) gives its validation split; else the last eval_fraction is held out."""
     records = data.load_records(ds.dataset_path)
     if ds.limit_dataset_size:
         records = records[: ds.limit_dataset_size]
@@ -153,10 +176,30 @@ def load_data(ds: DatasetArgs) -> tuple[list[dict], list[dict]]:
         heldout = data.load_records(ds.eval_dataset_path)
     elif ds.dataset_path.startswith("synthetic"):
         heldout = data.load_records("synthetic:64:1000")
+    elif data.has_splits(ds.dataset_path):
+        heldout = data.load_records(ds.dataset_path, split="validation")
     else:
         cut = max(1, int(len(records) * ds.eval_fraction))
         records, heldout = records[:-cut], records[-cut:]
-    return records, heldout
+    return [r for r in records for _ in range(ds.sample_duplication_rate)], heldout
+
+
+def scrub_fields(ds: DatasetArgs) -> list[str]:
+    """Every field training reads: the text (or instruction) for uncond_generation, instruction and answer for vicuna."""
+    return ["instruction", "answer"] if ds.prompt_style == "vicuna" else list(dict.fromkeys([ds.text_field,
+                                                                                             "instruction"]))
+
+
+def logical_batch(cfg: DPFinetuneConfig) -> int:
+    """total_train_batch_size when given; else, if the config sets gradient accumulation (seed 001's files),
+    per-device batch x accumulation x ranks, as the Hugging Face Trainer does; else the default."""
+    import os
+
+    ta = cfg.trainer_args
+    if "trainer_args.total_train_batch_size" not in cfg.explicit and \
+            "trainer_args.gradient_accumulation_steps" in cfg.explicit:
+        return ta.per_device_train_batch_size * ta.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", 1))
+    return ta.total_train_batch_size
 
 
 @cli
@@ -170,12 +213,16 @@ def main(argv: list[str] | None = None) -> dict:
     from privlm.training import TrainSpec, init_distributed, is_main, train
 
     ds, ta = cfg.dataset, cfg.trainer_args
+    if cfg.job_sess and not ta.output_dir:  # seed 004: checkpoints under outputs/<job_sess>
+        ta.output_dir = str(Path("outputs") / cfg.job_sess)
+    ta.total_train_batch_size = logical_batch(cfg)
     records, heldout = load_data(ds)
     plan = None
     if cfg.dp:  # the front door: every privacy setting checked before anything expensive
         plan = make_private(cfg.privacy, dataset_size=len(records), batch_size=ta.total_train_batch_size,
                             epochs=ta.num_train_epochs, max_steps=ta.max_steps, zero_stage=ta.zero_stage,
-                            grad_accum=ta.gradient_accumulation_steps,
+                            grad_accum=1 if "trainer_args.total_train_batch_size" not in cfg.explicit
+                            else ta.gradient_accumulation_steps,
                             max_grad_norm=ta.max_grad_norm if "trainer_args.max_grad_norm" in cfg.explicit else 0.0)
     inputs = {"model": models.identity(cfg.model.model_path), "dataset": ds.dataset_path}
     if Path(ds.dataset_path).is_file():
@@ -188,19 +235,24 @@ def main(argv: list[str] | None = None) -> dict:
     if ds.dataset_mode == "scrubbed":
         from privlm.dp import scrub
 
-        records, scrub_report = scrub.scrub(records, ds.text_field, ds.anon_token, ds.pseudonymize,
+        ner = ds.ner
+        if ner == "flair":  # seed 001's Flair NER: Presidio with the NER model installed here stands in for it
+            print(f"[privlm] ner: flair ({ds.ner_model or 'default model'}) is mapped to Presidio (ner: auto)")
+            ner = "auto"
+        records, scrub_report = scrub.scrub(records, scrub_fields(ds), ds.anon_token, ds.pseudonymize,
                                             scrub.load_deny_list(ds.deny_list, records), ds.scrub_entities,
-                                            ner=ds.ner)
+                                            ner=ner)
         print(f"[privlm] scrubbed {scrub_report['entities']} ({scrub_report['ner']})")
     init_distributed()
     tok = models.load_tokenizer(cfg.model.model_path)
     encoded = [data.encode_record(tok, r, ds.prompt_style, cfg.model.tokenizer_max_length, ds.text_field)
                for r in records]
     if plan is not None:  # DP draws its own Poisson batches and clips per example
-        spec = TrainSpec.from_args(ta, dtype=cfg.model.dtype, grad_accum=1, total_batch_size=None, grad_clip=0.0)
+        spec = TrainSpec.from_args(ta, dtype=cfg.model.dtype, grad_accum=1, total_batch_size=None, grad_clip=0.0,
+                                   pretrained=cfg.model.pre_trained)
         factory = plan.steps_factory(data.Encoded([tok.pad_token_id], []))
     else:
-        spec, factory = TrainSpec.from_args(ta, dtype=cfg.model.dtype), None
+        spec, factory = TrainSpec.from_args(ta, dtype=cfg.model.dtype, pretrained=cfg.model.pre_trained), None
     run.start(seed=ta.seed)
     metrics = train(cfg.model.model_path, encoded, lambda b: data.collate(b, tok.pad_token_id), spec, run, tok,
                     desc="dp-sgd" if plan else "fine-tune", steps_factory=factory,

@@ -38,7 +38,8 @@ class SampleConfig:
     batch_size: int = C.field(16)
     seed: int = C.field(42)
     dtype: str = C.field("auto", choices=["auto", "float32", "bfloat16", "float16"])
-    job_sess: str | None = C.field(None, help="seed compatibility: default output inference_outputs/<job_sess>.jsonl")
+    job_sess: str | None = C.field(None, help="seed 004: default output inference_outputs/<job_sess>/<samples or "
+                                              "responses>.jsonl")
     output_file: str | None = C.field(None)
     overwrite: bool = C.field(False)
 
@@ -63,7 +64,9 @@ def load_instructions(path: str) -> list[str]:
 @cli
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = C.parse(SampleConfig, argv, __doc__)
-    out_path = cfg.output_file or f"inference_outputs/{cfg.job_sess or 'samples'}.jsonl"
+    kind = "responses" if cfg.prompt_style == "vicuna" else "samples"
+    out_path = cfg.output_file or (f"inference_outputs/{cfg.job_sess}/{kind}.jsonl" if cfg.job_sess
+                                   else f"inference_outputs/{kind}.jsonl")
     refuse_existing(out_path, cfg.overwrite)
     instructions = load_instructions(cfg.instruction_file) if cfg.prompt_style == "vicuna" else None
     if cfg.adapter_path and not (Path(cfg.adapter_path) / "adapter_config.json").is_file():

@@ -17,6 +17,8 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -204,11 +206,16 @@ def build(cls, values: dict[str, Any], problems: list[str] | None = None, source
     problems = [] if own else problems
     leaves = _leaves(cls)
     cfg = cls()
+    ignored: list[str] = []
     for key, raw in values.items():
         key = _canonical(cls, key)
         path = resolve_key(cls, key)
         if path is None:
-            problems.append(f"{key}: unknown key in {source}")
+            reason = ignored_reason(cls, key)
+            if reason is not None:
+                ignored.append(f"{key} ({reason})")
+            else:
+                problems.append(f"{key}: unknown key in {source}")
             continue
         f, tp = leaves[path]
         try:
@@ -220,7 +227,20 @@ def build(cls, values: dict[str, Any], problems: list[str] | None = None, source
             problems.append(f"{path}: {e}")
     if own and problems:
         raise UserError("invalid configuration: " + "; ".join(problems))
+    cfg.ignored = sorted(set(ignored))  # type: ignore[attr-defined]
     return cfg
+
+
+def ignored_reason(cls, key: str) -> str | None:
+    """Why a key the seeds' files carry is accepted but means nothing here (None: not such a key)."""
+    table = dict(getattr(cls, "IGNORED_KEYS", {}))
+    if any(f.name == "trainer_args" for f in dataclasses.fields(cls)):
+        table.update({f"trainer_args.{k}": v for k, v in TRAIN_IGNORED.items()})
+    key = _canonical(cls, key)
+    if key in table:
+        return table[key]
+    leaf = [v for k, v in table.items() if k.rsplit(".", 1)[-1] == key]
+    return leaf[0] if len(leaf) == 1 else None
 
 
 def _validate(cfg, problems: list[str]):
@@ -300,6 +320,8 @@ def parse(cls, argv: list[str] | None = None, description: str = "", extra_args=
     if problems:
         raise UserError("invalid configuration: " + "; ".join(problems))
     cfg.explicit = {p for p in map(lambda k: resolve_key(cls, k), values) if p}  # type: ignore[attr-defined]
+    if cfg.ignored and os.environ.get("RANK", "0") == "0":  # said once, by rank 0
+        print("[privlm] accepted and ignored: " + "; ".join(cfg.ignored), file=sys.stderr)
     if extra_args:
         return cfg, args
     return cfg
@@ -334,6 +356,18 @@ def run_hash(cfg, inputs: dict[str, str] | None = None, length: int = 16) -> str
 
 # ---------------------------------------------------------------------------------------------- shared training args
 TRAIN_SECTION_ALIASES = {"training": "trainer_args", "train_args": "trainer_args"}
+# Hugging Face TrainingArguments keys the seeds' files carry that mean nothing in this loop: accepted, listed once.
+TRAIN_IGNORED = {
+    "save_total_limit": "only the newest checkpoint is kept",
+    "save_strategy": "checkpoints follow save_steps and save_every_epochs",
+    "callback_after_n_steps": "no periodic callbacks",
+    "per_device_eval_batch_size": "evaluation batches are sized by the evaluator",
+    "remove_unused_columns": "records are encoded by privlm.data",
+    "bf16_full_eval": "evaluation runs in the training dtype",
+    "do_train": "the script always trains", "do_eval": "each script has its own evaluation, not periodic",
+    "evaluation_strategy": "no periodic evaluation", "eval_strategy": "no periodic evaluation",
+    "eval_steps": "no periodic evaluation",
+}
 SECTION_TITLES = {"trainer_args": "training arguments (Hugging Face TrainingArguments names, then the seeds' aliases; "
                                   "`trainer_args:` in YAML, trainer_args.KEY=VALUE as overrides)"}
 SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine"]

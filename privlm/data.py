@@ -180,9 +180,75 @@ VICUNA = ("A chat between a curious user and an artificial intelligence assistan
           "detailed, and polite answers to the user's questions. USER: {} ASSISTANT:")
 
 
+ECHR_NAMES = ("data/echr", "echr", "ecthr_cases", "lex_glue/ecthr_a")
+ENRON_NAMES = ("data/enron", "enron", "LLM-PBE/enron-email")
+SPLIT_NAMES = {"validation": ("validation", "val", "dev"), "train": ("train",), "test": ("test",)}
+
+
+def _find_local(spec: str) -> Path | None:
+    """A local file or folder: the path itself, or data/<name> (seed 004 names its datasets, e.g. labelled_*)."""
+    for cand in (Path(spec), Path("data") / spec):
+        if cand.exists():
+            return cand
+    return None
+
+
+def has_splits(spec: str) -> bool:
+    """Whether the dataset brings its own train / validation splits (ECHR and Enron exports, save_to_disk)."""
+    if spec in ECHR_NAMES or spec in ENRON_NAMES:
+        return True
+    p = _find_local(spec)
+    return p is not None and p.is_dir() and (p / "dataset_dict.json").is_file()
+
+
+def _from_disk(p: Path, split: str) -> list[dict]:
+    """A folder written by datasets' save_to_disk (seed 004's labelled_* DatasetDicts) or a Dataset."""
+    import datasets
+
+    if not ((p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file()):
+        raise UserError(f"dataset folder {p} is not a datasets.save_to_disk folder (no dataset_dict.json)")
+    ds = datasets.load_from_disk(str(p))
+    if isinstance(ds, datasets.DatasetDict):
+        name = next((n for n in SPLIT_NAMES.get(split, (split,)) if n in ds), None)
+        if name is None:
+            raise UserError(f"dataset {p} has splits {sorted(ds)}, none of them {split!r}")
+        ds = ds[name]
+    return list(ds)
+
+
+def _local_export(spec: str, split: str) -> list[dict]:
+    """ECHR (ecthr_cases, or lex_glue's ecthr_a) and Enron from local exports: <dir>/<split>.parquet or .jsonl, where
+    <dir> is data/echr or data/enron. ECHR gives one record per fact paragraph, as seed 001 trains on it."""
+    import pandas as pd
+
+    echr = spec in ECHR_NAMES
+    folder = Path("data/echr" if echr else "data/enron")
+    names = SPLIT_NAMES.get(split, (split,))
+    files = [folder / f"{n}.{ext}" for n in names for ext in ("parquet", "jsonl")]
+    found = next((f for f in files if f.is_file()), None)
+    if found is None:
+        what = "ecthr_cases (or lex_glue ecthr_a)" if echr else "LLM-PBE/enron-email"
+        raise UserError(f"dataset {spec}: expected a local export of {what} at {files[0]} or {files[1]} (the "
+                        "datasets library >= 4 cannot run the hub's loading script; export the splits once where "
+                        "the hub is reachable)")
+    df = pd.read_parquet(found) if found.suffix == ".parquet" else pd.read_json(found, lines=True)
+    if not echr:
+        return df.to_dict("records")
+    col = "facts" if "facts" in df.columns else "text"
+    if col not in df.columns:
+        raise UserError(f"{found}: expected a `facts` (ecthr_cases) or `text` (ecthr_a) column of paragraphs")
+    out = []
+    for case, row in enumerate(df.to_dict("records")):
+        paras = row[col]
+        paras = list(paras) if not isinstance(paras, str) else [paras]
+        out += [{"text": str(t), "case": case, "paragraph": i} for i, t in enumerate(paras) if str(t).strip()]
+    return out
+
+
 def load_records(spec: str, split: str = "train") -> list[dict]:
-    """Records from a local .jsonl/.json/.csv/.parquet/.txt file (one record per line of a .txt), from the
-    project's synthetic PII corpus (`synthetic` or `synthetic:N`), or from a hub dataset name when online."""
+    """Records from a local .jsonl/.json/.csv/.parquet/.txt file (one record per line of a .txt), a
+    datasets.save_to_disk folder, ECHR / Enron exports (data/echr, data/enron), the project's synthetic PII
+    corpus (`synthetic` or `synthetic:N`), or a hub dataset name when online."""
     import pandas as pd
 
     if spec.startswith("synthetic"):  # synthetic[:N[:seed]]
@@ -195,8 +261,12 @@ def load_records(spec: str, split: str = "train") -> list[dict]:
         except ValueError:
             raise UserError(f"dataset {spec}: expected synthetic, synthetic:N or synthetic:N:seed") from None
         return records(n, seed)
-    p = Path(spec)
-    if p.exists():
+    if spec in ECHR_NAMES or spec in ENRON_NAMES:
+        return _local_export(spec, split)
+    p = _find_local(spec)
+    if p is not None and p.is_dir():
+        return _from_disk(p, split)
+    if p is not None:
         try:
             if p.suffix == ".txt":
                 return [{"text": line} for line in p.read_text().splitlines() if line.strip()]
@@ -207,11 +277,12 @@ def load_records(spec: str, split: str = "train") -> list[dict]:
             elif p.suffix == ".parquet":
                 df = pd.read_parquet(p)
             else:
-                raise UserError(f"dataset {spec}: expected .jsonl, .json, .csv, .parquet or .txt")
+                raise UserError(f"dataset {spec}: expected .jsonl, .json, .csv, .parquet, .txt or a save_to_disk "
+                                "folder")
         except ValueError as e:
             raise UserError(f"dataset {spec} could not be read: {str(e).splitlines()[0]}") from None
         return df.to_dict("records")
-    if spec.startswith((".", "/")) or spec.endswith((".jsonl", ".json", ".csv", ".parquet", ".txt")):
+    if spec.startswith((".", "/", "data/")) or spec.endswith((".jsonl", ".json", ".csv", ".parquet", ".txt")):
         raise UserError(f"dataset not found: {spec}")
     try:
         import datasets

@@ -143,8 +143,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
 
 
 def load_model(path: str, dtype: str | torch.dtype = "auto", device: str | None = None,
-               trust_remote_code: bool = False, masked_lm: bool = False):
-    """A causal LM; with masked_lm=True a masked LM where the checkpoint is one (RoBERTa, BERT), else causal."""
+               trust_remote_code: bool = False, masked_lm: bool = False, pretrained: bool = True):
+    """A causal LM; with masked_lm=True a masked LM where the checkpoint is one (RoBERTa, BERT), else causal.
+    pretrained=False: the architecture of `path` with a random initialisation (seed 001's pre_trained: false)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     resolved = resolve(path)
@@ -154,7 +155,11 @@ def load_model(path: str, dtype: str | torch.dtype = "auto", device: str | None 
         if masked_lm:
             archs = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code).architectures or []
             cls = AutoModelForMaskedLM if any(a.endswith("ForMaskedLM") for a in archs) else cls
-        model = cls.from_pretrained(resolved, dtype=dt, trust_remote_code=trust_remote_code)
+        if pretrained:
+            model = cls.from_pretrained(resolved, dtype=dt, trust_remote_code=trust_remote_code)
+        else:
+            config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+            model = cls.from_config(config, dtype=dt, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from None
     if device:

@@ -74,8 +74,11 @@ def format_dp_table(rows: list[dict]) -> str:
              f"{'train s':>9}"]
     for r in rows:
         eps = "inf" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
-        lines.append(f"{r['mode']:<12}{eps:>9}{r['heldout_loss']:>15.4f}{r['pii_extracted']:>9}/"
-                     f"{r['pii_strings']:<6}{r['pii_token_accuracy']:>15.4f}{r['train_seconds']:>9.0f}")
+        # runs without ground-truth PII (ECHR, Enron) have nothing to extract: "-", not 0
+        pii = f"{r['pii_extracted']}/{r['pii_strings']}" if r.get("pii_strings") else "-"
+        tok = f"{r['pii_token_accuracy']:.4f}" if r.get("pii_token_accuracy") is not None else "-"
+        lines.append(f"{r['mode']:<12}{eps:>9}{r['heldout_loss']:>15.4f}{pii:>12}{'':4}{tok:>15}"
+                     f"{r['train_seconds']:>9.0f}")
     return "\n".join(lines)
 
 

@@ -106,6 +106,7 @@ class TrainSpec:
     report_to: str = "none"
     gradient_checkpointing: bool = False
     ds_json: dict | None = None  # the user's DeepSpeed JSON, laid over ours ("auto" values keep ours)
+    pretrained: bool = True  # False: the architecture's random initialisation
 
     @classmethod
     def from_args(cls, ta, dtype: str = "auto", **extra) -> "TrainSpec":
@@ -118,6 +119,9 @@ class TrainSpec:
                   save_every_epochs=ta.save_every_epochs, save_every_steps=ta.save_steps,
                   keep_checkpoints=ta.keep_checkpoints, logging_steps=ta.logging_steps, report_to=ta.report_to,
                   gradient_checkpointing=ta.gradient_checkpointing, ds_json=ta.deepspeed_json())
+        ds = kw["ds_json"] or {}
+        if ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") in ("cpu", "nvme"):
+            kw["offload"] = True  # the JSON's offload needs DeepSpeed's CPU Adam, as --offload does
         kw.update(extra)
         return cls(**kw)
 
@@ -345,7 +349,8 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
         from transformers.integrations import HfDeepSpeedConfig
 
         _ds_cfg = HfDeepSpeedConfig(cfg)  # noqa: F841 (a weak global reference: must outlive from_pretrained)
-    model = load_model(model_path, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+    model = load_model(model_path, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
+                       pretrained=spec.pretrained)
     model.config.use_cache = False
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

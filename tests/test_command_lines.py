@@ -116,7 +116,7 @@ def config_class(module):
 def named_files(args: list[str]) -> list[str]:
     out = []
     for a in args:
-        value = a.split("=", 1)[1] if "=" in a and not a.startswith("-") else a
+        value = a.split("=", 1)[1] if "=" in a else a  # key=value overrides and --flag=value
         if value.startswith("-") or "<" in value:
             continue
         if value.startswith(REPO_DIRS) or re.fullmatch(r"[\w-]+\.(py|sh)", value):

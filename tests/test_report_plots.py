@@ -52,6 +52,14 @@ def test_dp_table_orders_modes_and_prints_their_numbers(tmp_path, capsys):
     assert lines[0][:4] == ["undefended", "inf", "2.1700", "3/182"]
     assert lines[2][:4] == ["dp", "8.00", "4.0300", "0/182"]
     assert json.loads((res / "dp_table.json").read_text()) == rows and (res / "dp_table.png").stat().st_size > 0
+    # a corpus without ground-truth PII (ECHR, Enron): dashes, not zeros
+    write(res / "dp_models" / "w" / "metrics.json", {
+        "mode": "undefended", "privacy": None, "train_seconds": 5,
+        "eval": {"heldout_loss": 1.5, "pii_extraction": {"rate": None, "n": 0, "extracted": 0,
+                                                         "token_accuracy": None, "by_type": {}}}})
+    table = report.format_dp_table(report.dp_table(res))
+    (row,) = [line.split() for line in table.splitlines() if line.split()[2:3] == ["1.5000"]]
+    assert row == ["undefended", "inf", "1.5000", "-", "-", "5"]
 
 
 def test_retention_figure_draws_each_template_and_utility():

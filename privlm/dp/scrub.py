@@ -17,6 +17,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from ..errors import UserError
+
 
 MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
 
@@ -60,8 +62,6 @@ def check_ner(ner: str) -> str | None:
 def _model_recognizer(kind: str, model: str):
     """A Presidio recognizer around an HF token-classification pipeline or a Flair tagger."""
     from presidio_analyzer import EntityRecognizer, RecognizerResult
-
-    from ..errors import UserError
 
     if kind == "hf":
         from transformers import pipeline
@@ -169,12 +169,51 @@ def tag(texts: list[str], deny_list: list[str] | None = None, entities: list[str
     return out, ner
 
 
-def scrub(records: list[dict], text_field: str = "text", anon_token: str = "<MASK>", pseudonymize: bool = False,
-          deny_list: list[str] | None = None, entities: list[str] | None = None, seed: int = 0,
-          ner: str = "auto") -> tuple[list[dict], dict]:
-    """Copies of `records` with PII in `text_field` replaced; plus a report of what was found."""
-    texts = [str(r.get(text_field, "")) for r in records]
-    spans, ner = tag(texts, deny_list, entities, ner=ner)
+TURN_KEYS = ("content", "value", "text")  # chat turns: {"role", "content"} (OpenAI/HF), {"from", "value"} (vicuna)
+
+
+def _pieces(rec: dict, field: str, n: int) -> list[tuple[tuple, str]]:
+    """Every string inside rec[field] with where it sits: a string, a list of strings (ECHR's facts) or a list of
+    conversation turns. Anything else is refused: a field must never pass through unscrubbed silently."""
+    v = rec.get(field)
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [((field,), v)]
+    if isinstance(v, (list, tuple)):
+        out = []
+        for i, item in enumerate(v):
+            if isinstance(item, str):
+                out.append(((field, i), item))
+            elif isinstance(item, dict) and any(isinstance(item.get(k), str) for k in TURN_KEYS):
+                k = next(k for k in TURN_KEYS if isinstance(item.get(k), str))
+                out.append(((field, i, k), item[k]))
+            else:
+                raise UserError(f"record {n}: field {field!r} holds a {type(item).__name__} at position {i}; "
+                                "scrubbing handles strings, lists of strings and conversation turns")
+        return out
+    raise UserError(f"record {n}: field {field!r} is a {type(v).__name__}; scrubbing handles strings, lists of "
+                    "strings and conversation turns")
+
+
+def _put(rec: dict, where: tuple, text: str):
+    if len(where) == 1:
+        rec[where[0]] = text
+    elif len(where) == 2:
+        rec[where[0]][where[1]] = text
+    else:
+        rec[where[0]][where[1]][where[2]] = text
+
+
+def scrub(records: list[dict], text_field: str | list[str] = "text", anon_token: str = "<MASK>",
+          pseudonymize: bool = False, deny_list: list[str] | None = None, entities: list[str] | None = None,
+          seed: int = 0, ner: str = "auto") -> tuple[list[dict], dict]:
+    """Copies of `records` with PII replaced in every text of the given field(s); plus a report of what was found."""
+    import copy
+
+    fields = [text_field] if isinstance(text_field, str) else list(text_field)
+    pieces = [(n, where, text) for n, rec in enumerate(records) for f in fields for where, text in _pieces(rec, f, n)]
+    spans, ner = tag([t for _, _, t in pieces], deny_list, entities, ner=ner)
     fake, pseudo = None, {}
     if pseudonymize:
         from faker import Faker
@@ -184,8 +223,8 @@ def scrub(records: list[dict], text_field: str = "text", anon_token: str = "<MAS
     makers = {"PERSON": "name", "EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone_number", "DATE_TIME": "date",
               "LOCATION": "city", "URL": "url", "IP_ADDRESS": "ipv4", "CREDIT_CARD": "credit_card_number"}
     counts: dict[str, int] = {}
-    out = []
-    for rec, text, sp in zip(records, texts, spans):
+    out = [copy.deepcopy(r) for r in records]
+    for (n, where, text), sp in zip(pieces, spans):
         for s, e, kind in sorted(sp, reverse=True):  # right to left keeps earlier offsets valid
             counts[kind] = counts.get(kind, 0) + 1
             if fake is not None:
@@ -196,9 +235,9 @@ def scrub(records: list[dict], text_field: str = "text", anon_token: str = "<MAS
             else:
                 rep = anon_token
             text = text[:s] + rep + text[e:]
-        out.append({**rec, text_field: text})
-    report = {"entities": dict(sorted(counts.items())), "records": len(records),
-              "replacement": "pseudonyms" if pseudonymize else anon_token,
+        _put(out[n], where, text)
+    report = {"entities": dict(sorted(counts.items())), "records": len(records), "fields": fields,
+              "texts": len(pieces), "replacement": "pseudonyms" if pseudonymize else anon_token,
               "ner": ner or ("none: no NER model installed, so PERSON/LOCATION are found only through the "
                              f"deny list ({len(set(deny_list or []))} names)")}
     return out, report
