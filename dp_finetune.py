@@ -145,6 +145,18 @@ def lora(cfg: ModelArgs):
     return wrap
 
 
+def full_dp(model):
+    """DP full fine-tuning: norm layers frozen (documented), any layer type we cannot clip refused by name."""
+    from privlm.dp.ghost import prepare_full_dp
+
+    from privlm.training import is_main
+
+    frozen = prepare_full_dp(model)
+    if frozen and is_main():
+        print(f"[privlm] DP full fine-tuning: {len(frozen)} norm weights frozen (e.g. {frozen[0]})")
+    return model
+
+
 def evaluate(cfg: DPFinetuneConfig, final: Path, tok, train_records: list[dict], heldout: list[dict]) -> dict:
     """Held-out loss and extraction of the (original, unscrubbed) training PII by the trained model."""
     from privlm.eval.loss import token_loss
@@ -254,9 +266,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         spec, factory = TrainSpec.from_args(ta, dtype=cfg.model.dtype, pretrained=cfg.model.pre_trained), None
     run.start(seed=ta.seed)
+    prepare = lora(cfg.model) if cfg.model.peft == "lora" else (full_dp if plan else None)
     metrics = train(cfg.model.model_path, encoded, lambda b: data.collate(b, tok.pad_token_id), spec, run, tok,
-                    desc="dp-sgd" if plan else "fine-tune", steps_factory=factory,
-                    prepare_model=lora(cfg.model) if cfg.model.peft == "lora" else None)
+                    desc="dp-sgd" if plan else "fine-tune", steps_factory=factory, prepare_model=prepare)
     metrics.update(dataset_size=len(records), mode="dp" if plan else ds.dataset_mode, scrub=scrub_report,
                    privacy_plan=plan.to_dict() if plan else None,
                    noise_source=plan.noise_source if plan else None,

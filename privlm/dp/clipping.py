@@ -5,7 +5,8 @@ trainable Linear's input and output; one backward asks for the gradients of thos
 the summed weight gradients are never formed) and turns them into per-example weight gradients (a batched matmul
 over tokens). Only the small trainable matrices get per-example copies; frozen weights never do.
 `tests/dp/test_clipping.py` proves the result equal to Opacus's per-sample gradients on the same batch.
-For full fine-tuning (embeddings, norms, tied weights) `per_example_engine` hands over to Opacus's grad samplers.
+The DP step itself uses privlm.dp.ghost (norms without per-example gradients, for LoRA and full fine-tuning);
+these per-example engines are the references it is tested against.
 """
 from __future__ import annotations
 
@@ -112,8 +113,11 @@ class OpacusPerExampleGrads:
 
 
 def per_example_engine(model: nn.Module):
-    """Our hook path when every trainable weight is a Linear (LoRA); Opacus's samplers otherwise."""
-    return OpacusPerExampleGrads(model) if PerExampleGrads.unsupported(model) else PerExampleGrads(model)
+    """The DP step's clipping engine: ghost norms + book-keeping (privlm.dp.ghost), for LoRA and full fine-tuning
+    alike. PerExampleGrads and OpacusPerExampleGrads stay as references for tests and benchmarks."""
+    from .ghost import GhostClipping
+
+    return GhostClipping(model)
 
 
 def per_example_norms(grads: dict) -> torch.Tensor:

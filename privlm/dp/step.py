@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .accountant import Ledger
-from .clipping import clipped_sum, per_example_engine, per_example_loss
+from .clipping import per_example_engine, per_example_loss
 
 
 class DPStep:
@@ -44,9 +44,12 @@ class DPStep:
             mb = {k: v.to(dev) for k, v in mb.items()}
             # the module itself, not the engine: the engine's output hooks would scale these gradients for
             # accumulation and refuse a backward that is not engine.backward
-            logits = eng.module(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+            # position ids with the batch dimension: a position embedding's per-example gradients survive
+            pos = torch.arange(mb["input_ids"].shape[1], device=dev).expand_as(mb["input_ids"])
+            logits = eng.module(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+                                position_ids=pos).logits
             loss = per_example_loss(logits, mb["labels"])
-            s, n = clipped_sum(self.per_example.compute(loss), self.plan.max_grad_norm)
+            s, n = self.per_example.clipped_sum(loss, self.plan.max_grad_norm)
             sums = s if sums is None else {p: sums[p] + s[p] for p in s}
             real = (mb["labels"] != -100).any(1)
             losses.append(loss.detach()[real])
@@ -55,7 +58,7 @@ class DPStep:
         if self.rank == 0 and self.plan.noise_multiplier > 0:  # once per logical step, across all ranks
             sums = {p: g + self.noise(g, step, i) for i, (p, g) in enumerate(sums.items())}
         scale = self.world / self.expected  # DeepSpeed averages gradients over ranks
-        surrogate = sum((g.detach().to(p.dtype) * p).sum() for p, g in sums.items()) * scale
+        surrogate = sum((g.detach().to(p.dtype) * p).sum() for p, g in sums.items()) * scale  # d/dp = g * scale
         eng.backward(surrogate)
         eng.step()
         self.ledger.step()
