@@ -70,6 +70,7 @@ test-fast: venv
 bench: venv
 	$(BIN)/python benchmarks/check_throughput.py
 	$(BIN)/python benchmarks/dp_overhead.py
+	$(BIN)/python benchmarks/dp_full_overhead.py
 	$(BIN)/python benchmarks/mia_throughput.py
 	$(BIN)/python benchmarks/scan_speed.py
 

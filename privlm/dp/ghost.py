@@ -121,8 +121,10 @@ class GhostClipping:
             outs = torch.autograd.grad(per_example_loss.sum(), [r.out for r in records], allow_unused=True)
         finally:
             self.recording = True
+        for r in records:
+            r.out = None  # the layer outputs are not needed past this backward
         items = []
-        for r, g in zip(records, outs):
+        for r, g in zip(records, list(outs)):
             if g is None:
                 continue
             if g.shape[0] != B:  # e.g. GPT-2's position embedding of (1, T) position ids, broadcast over the batch
@@ -134,6 +136,7 @@ class GhostClipping:
             else:
                 a = r.a.float().reshape(B, -1, r.a.shape[-1])
             items.append((r, a, g))
+        del outs, records  # the items hold the only references: each is freed once book-kept below
         sq = torch.zeros(B, device=per_example_loss.device, dtype=torch.float32)
         by_param: dict[int, list] = {}
         for it in items:
@@ -147,9 +150,15 @@ class GhostClipping:
         norms = sq.clamp(min=0).sqrt()
         c = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         sums: dict[nn.Parameter, torch.Tensor] = {}
-        for r, a, g in items:
+        by_param.clear()
+        while items:  # pop: each layer's activations and output gradients are released once book-kept
+            r, a, g = items.pop()
             for p, s in _clipped(r, a, g, c):
-                sums[p] = sums[p] + s if p in sums else s
+                if p in sums:
+                    sums[p].add_(s)
+                else:
+                    sums[p] = s
+            del r, a, g
         for p in self.params:  # unused in this forward pass
             if p not in sums:
                 sums[p] = torch.zeros(p.shape, device=per_example_loss.device, dtype=torch.float32)

@@ -15,6 +15,20 @@ from .accountant import Ledger
 from .clipping import per_example_engine, per_example_loss
 
 
+def add_gaussian_noise_(tensors: list[torch.Tensor], source, step: int, std: float):
+    """Add N(0, std^2) to each tensor in place, each from its own keyed generator (so the result does not depend on
+    the thread count), in a thread pool: randn releases the GIL, and on a CPU it is a real share of a DP step
+    (0.6 s for 135M coordinates on one core). In place: no second copy of the gradient."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i):
+        t = tensors[i]
+        t.add_((torch.randn(t.shape, generator=source.generator("noise", step, i)) * std).to(t.device, t.dtype))
+
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        list(pool.map(one, range(len(tensors))))
+
+
 class DPStep:
     """sigma and C come from the plan (fixed before training); the ledger only records the steps taken."""
 
@@ -29,11 +43,6 @@ class DPStep:
         self.per_example = per_example_engine(engine.module)
         self.per_example.enabled = True
         self.last_norms: torch.Tensor | None = None
-
-    def noise(self, like: torch.Tensor, step: int, index: int) -> torch.Tensor:
-        g = self.source.generator("noise", step, index)
-        std = self.plan.noise_multiplier * self.plan.max_grad_norm
-        return (torch.randn(like.shape, generator=g) * std).to(like.device)
 
     def __call__(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
         """Run one logical step; returns the mean per-example loss of the real (non-padding) rows."""
@@ -50,13 +59,18 @@ class DPStep:
                                 position_ids=pos).logits
             loss = per_example_loss(logits, mb["labels"])
             s, n = self.per_example.clipped_sum(loss, self.plan.max_grad_norm)
-            sums = s if sums is None else {p: sums[p] + s[p] for p in s}
+            if sums is None:
+                sums = s
+            else:  # in place: one fp32 copy of the trainable weights, however many micro-batches
+                for p in s:
+                    sums[p].add_(s[p])
             real = (mb["labels"] != -100).any(1)
             losses.append(loss.detach()[real])
             norms.append(n.detach()[real])
         step = self.ledger.steps
         if self.rank == 0 and self.plan.noise_multiplier > 0:  # once per logical step, across all ranks
-            sums = {p: g + self.noise(g, step, i) for i, (p, g) in enumerate(sums.items())}
+            add_gaussian_noise_(list(sums.values()), self.source, step,
+                                self.plan.noise_multiplier * self.plan.max_grad_norm)
         scale = self.world / self.expected  # DeepSpeed averages gradients over ranks
         surrogate = sum((g.detach().to(p.dtype) * p).sum() for p, g in sums.items()) * scale  # d/dp = g * scale
         eng.backward(surrogate)
