@@ -56,8 +56,9 @@ demo-mosaic: venv
 	  --output_dir $(MD)/figures; \
 	echo "[demo-mosaic] wall time $$(( $$(date +%s) - start )) s; results in $(MD)/"
 
+# Two workers (most tests wait on subprocess start-up); a file's tests stay on one worker (module fixtures).
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 # On a CUDA machine: bf16 ZeRO-2/3 fingerprinting, DP-LoRA per-example gradients, batched MIA scoring on the GPU.
 test-gpu: venv

@@ -57,7 +57,8 @@ def build(args):
 
 def make_step(args, variant: str):
     """(step function, params, optimizer) of one variant on its own copy of the model."""
-    from privlm.dp.clipping import PerExampleGrads, clipped_sum, per_example_loss
+    from privlm.dp.clipping import per_example_loss
+    from privlm.dp.ghost import GhostClipping
 
     model, ids, mask, labels = build(args)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -70,13 +71,13 @@ def make_step(args, variant: str):
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-    elif variant == "ours":
-        pe = PerExampleGrads(model)
+    elif variant == "ours":  # the DP step's own clipping engine (privlm.dp.ghost, as DPStep uses it)
+        pe = GhostClipping(model)
         pe.enabled = True
 
         def step():
             loss = per_example_loss(model(input_ids=ids, attention_mask=mask).logits, labels)
-            sums, _ = clipped_sum(pe.compute(loss), C)
+            sums, _ = pe.clipped_sum(loss, C)
             for p in params:
                 p.grad = sums[p] / B  # noise 0 for the comparison; DPStep adds it on one rank
             opt.step()

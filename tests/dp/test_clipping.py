@@ -103,8 +103,7 @@ def test_full_fine_tuning_per_example_grads_equal_one_at_a_time(tiny_model_dir):
     from privlm.models import load_model
 
     model = load_model(str(tiny_model_dir)).train()  # Opacus records activations in training mode only
-    pe = clipping.per_example_engine(model)
-    assert isinstance(pe, clipping.OpacusPerExampleGrads)
+    pe = clipping.OpacusPerExampleGrads(model)
     ids, mask, labels = batch(b=4, seed=2)
     grads = pe.compute(clipping.per_example_loss(model(input_ids=ids, attention_mask=mask).logits, labels))
     params = [p for p in model.parameters() if p.requires_grad]
