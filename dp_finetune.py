@@ -100,8 +100,9 @@ class DPFinetuneConfig:
             p.append("dataset.sample_duplication_rate: must be >= 1")
         from privlm.dp.scrub import check_ner
 
-        if self.dataset.ner != "flair" and check_ner(self.dataset.ner):
-            p.append("dataset." + check_ner(self.dataset.ner))
+        problem = check_ner(self.dataset.ner) if self.dataset.ner != "flair" else None
+        if problem:
+            p.append("dataset." + problem)
         return p
 
     @property
@@ -148,7 +149,6 @@ def lora(cfg: ModelArgs):
 def full_dp(model):
     """DP full fine-tuning: norm layers frozen (documented), any layer type we cannot clip refused by name."""
     from privlm.dp.ghost import prepare_full_dp
-
     from privlm.training import is_main
 
     frozen = prepare_full_dp(model)
@@ -162,12 +162,12 @@ def evaluate(cfg: DPFinetuneConfig, final: Path, tok, train_records: list[dict],
     from privlm.eval.loss import token_loss
     from privlm.eval.pii import extraction
 
-    model = models.load_model(cfg.model.model_path, dtype=cfg.model.dtype, device=models.device())
-    if cfg.model.peft == "lora":
+    if cfg.model.peft == "lora":  # the adapter on its base model
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(final))
-    else:
+        base = models.load_model(cfg.model.model_path, dtype=cfg.model.dtype, device=models.device())
+        model = PeftModel.from_pretrained(base, str(final))
+    else:  # full fine-tuning saved the whole model
         model = models.load_model(str(final), dtype=cfg.model.dtype, device=models.device())
     model.eval()
     enc = [data.encode_record(tok, r, cfg.dataset.prompt_style, cfg.model.tokenizer_max_length,

@@ -30,14 +30,10 @@ VARIANTS = ("nondp", "ours", "opacus_ghost")
 def build(args):
     from privlm import models
     from privlm.dp.ghost import prepare_full_dp
+    from privlm.testing import benchmark_model
 
     torch.manual_seed(0)
-    if args.tiny:
-        from privlm.testing import build_model, build_tokenizer
-
-        model = build_model(len(build_tokenizer()))
-    else:
-        model = models.load_model(args.model_path, dtype="float32" if not torch.cuda.is_available() else "auto")
+    model = benchmark_model(args.model_path, args.tiny)
     prepare_full_dp(model)
     out = model.get_output_embeddings()
     if out is not None and out.weight is model.get_input_embeddings().weight:
@@ -49,13 +45,11 @@ def build(args):
 
 
 def batch(model, args):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, model.config.vocab_size, (args.batch_size, args.seq_len), generator=g)
-    labels = ids.clone()
-    labels[:, : args.seq_len // 4] = -100  # a prompt without loss, as instruction data has
+    from privlm.testing import benchmark_batch
+
     dev = next(model.parameters()).device
-    pos = torch.arange(args.seq_len).expand_as(ids)
-    return ids.to(dev), torch.ones_like(ids).to(dev), labels.to(dev), pos.to(dev)
+    ids, mask, labels = benchmark_batch(model.config.vocab_size, args.batch_size, args.seq_len, device=dev)
+    return ids, mask, labels, torch.arange(args.seq_len, device=dev).expand_as(ids)
 
 
 class Step:

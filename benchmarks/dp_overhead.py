@@ -31,15 +31,10 @@ sys.path.insert(0, str(ROOT))
 def build(args):
     from peft import LoraConfig, get_peft_model
 
-    from privlm import models
+    from privlm.testing import benchmark_batch, benchmark_model
 
     torch.manual_seed(0)
-    if args.tiny:
-        from privlm.testing import build_model, build_tokenizer
-
-        base = build_model(len(build_tokenizer()))
-    else:
-        base = models.load_model(args.model_path, dtype="float32" if not torch.cuda.is_available() else "auto")
+    base = benchmark_model(args.model_path, args.tiny)
     model = get_peft_model(base, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     for n, p in model.named_parameters():
@@ -47,12 +42,8 @@ def build(args):
             torch.nn.init.normal_(p, std=0.02)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(dev)
-    g = torch.Generator().manual_seed(1)
     vocab = model.get_input_embeddings().weight.shape[0]
-    ids = torch.randint(10, vocab, (args.batch_size, args.seq_len), generator=g).to(dev)
-    labels = ids.clone()
-    labels[:, : args.seq_len // 4] = -100
-    return model, ids, torch.ones_like(ids), labels
+    return (model, *benchmark_batch(vocab, args.batch_size, args.seq_len, low=10, device=dev))
 
 
 def make_step(args, variant: str):

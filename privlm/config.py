@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -180,8 +181,10 @@ def _canonical(cls, key: str) -> str:
     return f"{sections[head]}.{rest}" if rest and head in sections else key
 
 
+@functools.lru_cache(maxsize=None)
 def _names(cls) -> dict[str, list[str]]:
-    """Every name a leaf answers to (its dotted path, its leaf name, its aliases without dashes) -> paths."""
+    """Every name a leaf answers to (its dotted path, its leaf name, its aliases without dashes) -> paths. Built once
+    per config class (read-only for callers)."""
     out: dict[str, list[str]] = {}
     for path, (f, _) in _leaves(cls).items():
         *parents, leaf = path.split(".")

@@ -75,7 +75,7 @@ class Run:
             p = Path(r)
             if (p / "latest").is_file():
                 return p
-            if (p.parent / "latest").is_file() or p.is_dir():  # a tag folder inside a checkpoints folder
+            if p.is_dir() and (p.parent / "latest").is_file():  # a tag folder inside a checkpoints folder
                 return p
             raise UserError(f"resume_from_checkpoint: {r} is not a DeepSpeed checkpoint folder")
         return self.checkpoints if (self.checkpoints / "latest").is_file() else None

@@ -40,3 +40,21 @@ def build_model(vocab_size: int, seed: int = 0):
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       tie_word_embeddings=True, eos_token_id=2, bos_token_id=1, pad_token_id=2)
     return LlamaForCausalLM(cfg)
+
+
+def benchmark_model(model_path: str = "default", tiny: bool = False):
+    """The model a benchmark times: the tiny random Llama (a smoke run) or a real one, fp32 on CPU."""
+    if tiny:
+        return build_model(len(build_tokenizer()))
+    from . import models
+
+    return models.load_model(model_path, dtype="float32" if not torch.cuda.is_available() else "auto")
+
+
+def benchmark_batch(vocab_size: int, batch_size: int, seq_len: int, low: int = 3, device=None):
+    """Random token ids (seeded) with the first quarter of every row masked as a prompt: (ids, mask, labels)."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(low, vocab_size, (batch_size, seq_len), generator=g).to(device)
+    labels = ids.clone()
+    labels[:, : seq_len // 4] = -100  # a prompt without loss, as instruction data has
+    return ids, torch.ones_like(ids), labels

@@ -69,9 +69,14 @@ def test_resume_points(tmp_path):
     assert off.resume_checkpoint() is None
     other = make(tmp_path, "--output_dir", str(tmp_path / "s"), "--resume_from_checkpoint", str(run.checkpoints))
     assert other.resume_checkpoint() == run.checkpoints
-    bad = make(tmp_path, "--output_dir", str(tmp_path / "s"), "--resume_from_checkpoint", str(tmp_path / "nope"))
-    with pytest.raises(UserError, match="not a DeepSpeed checkpoint"):
-        bad.resume_checkpoint()
+    tag = make(tmp_path, "--output_dir", str(tmp_path / "s"), "--resume_from_checkpoint", str(run.checkpoints /
+                                                                                                "epoch2"))
+    assert tag.resume_checkpoint() == run.checkpoints / "epoch2", "a tag folder beside its `latest`"
+    (tmp_path / "plain").mkdir()
+    for wrong in (tmp_path / "nope", tmp_path / "plain"):  # missing, or a folder that is no checkpoint
+        bad = make(tmp_path, "--output_dir", str(tmp_path / "s"), "--resume_from_checkpoint", str(wrong))
+        with pytest.raises(UserError, match="not a DeepSpeed checkpoint"):
+            bad.resume_checkpoint()
 
 
 def test_finetune_with_output_dir_max_steps_logging_then_skip(tmp_path, tiny_model_dir):

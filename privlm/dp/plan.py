@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from .. import config as C
 from ..errors import UserError
 from . import accountant
-from .sampling import PoissonBatches
+from .sampling import steps_per_epoch
 
 
 @dataclass
@@ -138,7 +138,7 @@ def make_private(privacy: PrivacyArgs, *, dataset_size: int, batch_size: int, ep
                         "ordinary clipping to 0")
     if problems:
         raise UserError("invalid privacy settings: " + "; ".join(problems))
-    spe = PoissonBatches(n, q, 0).steps_per_epoch()
+    spe = steps_per_epoch(q)
     steps = planned_steps(epochs, max_steps, spe)
     budget = plan_budget(privacy, q, steps, delta)
     ledger = accountant.Ledger(sample_rate=q, noise_multiplier=budget["noise_multiplier"],
@@ -156,7 +156,7 @@ def fixed_plan(*, noise_multiplier: float, max_grad_norm: float, dataset_size: i
     """A plan with sigma set directly, no calibration (tests, benchmarks, audits that choose sigma themselves)."""
     ledger = accountant.Ledger(sample_rate=sample_rate, noise_multiplier=noise_multiplier,
                                max_grad_norm=max_grad_norm, delta=delta, accountant=accountant_name)
-    return PrivacyPlan(sample_rate=sample_rate, steps=steps, steps_per_epoch=max(1, round(1 / sample_rate)),
+    return PrivacyPlan(sample_rate=sample_rate, steps=steps, steps_per_epoch=steps_per_epoch(sample_rate),
                        delta=delta, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                        accountant=accountant_name, sampling=sampling, dataset_size=dataset_size, target_epsilon=None,
                        ledger=ledger, reproducible_noise=reproducible_noise)

@@ -13,6 +13,11 @@ import warnings
 import torch
 
 
+def steps_per_epoch(sample_rate: float) -> int:
+    """Logical steps in an epoch of Poisson sampling at rate q: round(1/q), so an epoch sees N examples on average."""
+    return max(1, round(1 / sample_rate))
+
+
 class PoissonBatches:
     def __init__(self, n: int, sample_rate: float, source, rank: int = 0, world: int = 1,
                  micro_batch_size: int = 8, shuffle_fixed: bool = False):
@@ -33,7 +38,7 @@ class PoissonBatches:
         return self.q * self.n
 
     def steps_per_epoch(self) -> int:
-        return max(1, round(1 / self.q))
+        return steps_per_epoch(self.q)
 
     def selected(self, step: int) -> list[int]:
         """Indices of the whole logical batch of `step` (the same on every rank)."""
