@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     plan = None
     if cfg.dp:  # the front door: every privacy setting checked before anything expensive
         plan = make_private(cfg.privacy, dataset_size=len(records), batch_size=ta.total_train_batch_size,
-                            epochs=ta.num_train_epochs, max_steps=ta.max_steps, zero_stage=ta.zero_stage,
+                            epochs=ta.num_train_epochs, max_steps=ta.max_steps,
                             grad_accum=1 if "trainer_args.total_train_batch_size" not in cfg.explicit
                             else ta.gradient_accumulation_steps,
                             max_grad_norm=ta.max_grad_norm if "trainer_args.max_grad_norm" in cfg.explicit else 0.0)
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
                for r in records]
     if plan is not None:  # DP draws its own Poisson batches and clips per example
         spec = TrainSpec.from_args(ta, dtype=cfg.model.dtype, grad_accum=1, total_batch_size=None, grad_clip=0.0,
-                                   pretrained=cfg.model.pre_trained)
+                                   pretrained=cfg.model.pre_trained, fp32_grads=True)
         factory = plan.steps_factory(data.Encoded([tok.pad_token_id], []))
     else:
         spec, factory = TrainSpec.from_args(ta, dtype=cfg.model.dtype, pretrained=cfg.model.pre_trained), None

@@ -107,6 +107,7 @@ class TrainSpec:
     gradient_checkpointing: bool = False
     ds_json: dict | None = None  # the user's DeepSpeed JSON, laid over ours ("auto" values keep ours)
     pretrained: bool = True  # False: the architecture's random initialisation
+    fp32_grads: bool = False  # DP: ZeRO-3 gradient partitions in fp32 under bf16/fp16 (the DP step writes them)
 
     @classmethod
     def from_args(cls, ta, dtype: str = "auto", **extra) -> "TrainSpec":
@@ -163,6 +164,8 @@ def ds_config(spec: TrainSpec, world: int) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if spec.fp32_grads and spec.zero_stage == 3 and dt != torch.float32:
+        cfg["data_types"] = {"grad_accum_dtype": "fp32"}
     if spec.offload:  # DeepSpeed's CPU Adam is needed where the optimizer lives on the CPU
         cfg["optimizer"] = {"type": "AdamW", "params": {"lr": spec.lr, "weight_decay": spec.weight_decay}}
     if spec.ds_json:

@@ -111,9 +111,13 @@ class GhostClipping:
             h.remove()
 
     # ------------------------------------------------------------------------------------------------ the step
-    def clipped_sum(self, per_example_loss: torch.Tensor, max_grad_norm: float
+    def clipped_sum(self, per_example_loss: torch.Tensor, max_grad_norm: float, sink=None
                     ) -> tuple[dict[nn.Parameter, torch.Tensor], torch.Tensor]:
-        """{param: sum_i c_i grad_i (fp32)} and the per-example flat norms, from one backward to layer outputs."""
+        """{param: sum_i c_i grad_i (fp32)} and the per-example flat norms, from one backward to layer outputs.
+
+        With `sink(param, index, partial_sum)` the sums are handed over layer by layer instead of kept (a weight used
+        twice arrives twice), in the same order on every rank, each unused trainable weight once as zeros: ZeRO-3
+        reduces each one to its owner's shard at once, so no rank ever holds a full copy of the gradient."""
         records, self._records = self._records, []
         B = per_example_loss.shape[0]
         self.recording = False  # a checkpointed model re-runs forwards inside this backward: not new records
@@ -150,19 +154,33 @@ class GhostClipping:
         norms = sq.clamp(min=0).sqrt()
         c = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         sums: dict[nn.Parameter, torch.Tensor] = {}
+        seen: set[int] = set()
+        index = {id(p): i for i, p in enumerate(self.params)}
         by_param.clear()
         while items:  # pop: each layer's activations and output gradients are released once book-kept
             r, a, g = items.pop()
             for p, s in _clipped(r, a, g, c):
-                if p in sums:
+                seen.add(id(p))
+                if sink is not None:
+                    sink(p, index[id(p)], s)
+                elif p in sums:
                     sums[p].add_(s)
                 else:
                     sums[p] = s
             del r, a, g
         for p in self.params:  # unused in this forward pass
-            if p not in sums:
-                sums[p] = torch.zeros(p.shape, device=per_example_loss.device, dtype=torch.float32)
+            if id(p) not in seen:
+                z = torch.zeros(full_shape(p), device=per_example_loss.device, dtype=torch.float32)
+                if sink is not None:
+                    sink(p, index[id(p)], z)
+                else:
+                    sums[p] = z
         return sums, norms
+
+
+def full_shape(p: nn.Parameter) -> torch.Size:
+    """A parameter's shape, also when ZeRO-3 has partitioned it away (its local tensor is then empty)."""
+    return getattr(p, "ds_shape", p.shape)
 
 
 def _norm_sq(r, a, g) -> torch.Tensor:
@@ -205,7 +223,7 @@ def _clipped(r, a, g, c) -> list[tuple[nn.Parameter, torch.Tensor]]:
     gc = g * c[:, None, None]
     w = r.module.weight
     if r.kind == "embedding":
-        s = torch.zeros(w.shape, device=g.device, dtype=torch.float32)
+        s = torch.zeros(full_shape(w), device=g.device, dtype=torch.float32)
         s.index_add_(0, a.reshape(-1), gc.reshape(-1, g.shape[-1]))
         return [(w, s)]
     s = torch.einsum("btp,btd->pd", gc, a)

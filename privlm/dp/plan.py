@@ -1,7 +1,7 @@
 """The DP front door (Opacus's `make_private`, checked up front): every privacy setting is validated and the plan
 (q, steps, delta, sigma, ledger, the step function) is fixed before any model is loaded.
 
-    plan = make_private(cfg.privacy, dataset_size=N, batch_size=B, micro_batch_size=b, epochs=E, zero_stage=z)
+    plan = make_private(cfg.privacy, dataset_size=N, batch_size=B, micro_batch_size=b, epochs=E)
     train(..., steps_factory=plan.steps_factory(pad_example))
 
 `--privacy_report` goes through the same `plan_budget` with q and steps given directly.
@@ -110,7 +110,7 @@ def plan_budget(privacy: PrivacyArgs, sample_rate: float, steps: int, delta: flo
 
 
 def make_private(privacy: PrivacyArgs, *, dataset_size: int, batch_size: int, epochs: float, max_steps: int = -1,
-                 zero_stage: int = 0, grad_accum: int = 1, max_grad_norm: float = 0.0) -> PrivacyPlan:
+                 grad_accum: int = 1, max_grad_norm: float = 0.0) -> PrivacyPlan:
     """Validate every privacy setting against the data and the training setup; return the plan. Raises one
     UserError naming every problem. Cheap (no model): call it before loading anything."""
     from ..training import planned_steps
@@ -128,8 +128,6 @@ def make_private(privacy: PrivacyArgs, *, dataset_size: int, batch_size: int, ep
     if delta >= 1 / n:
         problems.append(f"privacy.target_delta: {delta:g} must be < 1/N = {1 / n:.3g} (such a delta allows "
                         "leaking a whole record)")
-    if zero_stage == 3:
-        problems.append("trainer_args.deepspeed: DP training supports ZeRO stages 0-2")
     if grad_accum != 1:
         problems.append("trainer_args.gradient_accumulation_steps: DP accumulates its Poisson batch itself; use 1 "
                         "and set total_train_batch_size")

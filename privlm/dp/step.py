@@ -1,11 +1,19 @@
-"""One DP-SGD logical step under DeepSpeed (ZeRO 0-2, any number of ranks).
+"""One DP-SGD logical step under DeepSpeed (ZeRO 0-3, any number of ranks).
 
-Each rank runs its Poisson micro-batches (fixed shapes) forward, gets per-example gradients of the trainable LoRA
-weights from hooks (one backward, through `torch.autograd.grad`, so DeepSpeed's gradient hooks stay quiet), clips
-each example to norm C and sums. Rank 0 adds N(0, sigma^2 C^2) once per logical step. The sum then reaches
-DeepSpeed through a surrogate loss <g, theta> whose gradient is exactly g, so DeepSpeed's own reduction across
-ranks, ZeRO partitioning and optimizer step do the rest: the update is (sum over ranks of clipped sums + noise)
-divided by the expected logical batch size q*N (fixed, as the analysis of Poisson sampling requires).
+Each rank runs its Poisson micro-batches (fixed shapes) forward and gets the clipped sum of its examples' gradients
+of every trainable weight by ghost norms and book-keeping (privlm.dp.ghost: one backward to the layer outputs,
+through `torch.autograd.grad`, so DeepSpeed's gradient hooks stay quiet; never a per-example gradient). The clipped
+sums are fp32 and are summed across ranks in fp32. Noise N(0, sigma^2 C^2) is added exactly once per coordinate per
+logical step, and the update is (sum over ranks of clipped sums + noise) / (q*N), the expected logical batch size
+(fixed, as the analysis of Poisson sampling requires). How the sum reaches the optimizer depends on the stage:
+
+* ZeRO 0-2: rank 0 adds the noise, and a surrogate loss <g, theta> (gradient exactly g) hands the sum to DeepSpeed,
+  whose reduction, partitioning and optimizer step do the rest. Under bf16/fp16 weights that gradient would be
+  rounded to the weights' dtype on each rank before the reduce, so there the fp32 sums are all-reduced first and
+  DeepSpeed averages identical tensors: one rounding, after the reduce and the noise.
+* ZeRO-3: no rank holds a whole weight or its gradient. Each layer's clipped sum is reduce-scattered (fp32) to the
+  shard owners as soon as it is book-kept; each rank adds its own independent N(0, sigma^2 C^2) to the shard it owns
+  and writes it into DeepSpeed's gradient partition (`safe_set_local_grad`), then the optimizer steps.
 """
 from __future__ import annotations
 
@@ -42,12 +50,16 @@ class DPStep:
         self.rank, self.world = rank, world
         self.per_example = per_example_engine(engine.module)
         self.per_example.enabled = True
+        self.params = self.per_example.params  # one order on every rank: the collectives below pair up by it
+        self.zero3 = bool(engine.zero_optimization_partition_weights())
+        self.low_precision = any(p.dtype != torch.float32 for p in self.params)
         self.last_norms: torch.Tensor | None = None
 
     def __call__(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
         """Run one logical step; returns the mean per-example loss of the real (non-padding) rows."""
         eng, dev = self.engine, self.engine.device
-        sums: dict | None = None
+        sums: dict = {}
+        shards = _Shards(self.params, self.rank, self.world, dev) if self.zero3 else None
         losses, norms = [], []
         for mb in micro_batches:
             mb = {k: v.to(dev) for k, v in mb.items()}
@@ -58,27 +70,84 @@ class DPStep:
             logits = eng.module(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
                                 position_ids=pos).logits
             loss = per_example_loss(logits, mb["labels"])
-            s, n = self.per_example.clipped_sum(loss, self.plan.max_grad_norm)
-            if sums is None:
-                sums = s
-            else:  # in place: one fp32 copy of the trainable weights, however many micro-batches
-                for p in s:
-                    sums[p].add_(s[p])
+            s, n = self.per_example.clipped_sum(loss, self.plan.max_grad_norm,
+                                                sink=shards.add if shards else None)
+            for p, g in s.items():  # in place: one fp32 copy of the trainable weights, however many micro-batches
+                if p in sums:
+                    sums[p].add_(g)
+                else:
+                    sums[p] = g
             real = (mb["labels"] != -100).any(1)
             losses.append(loss.detach()[real])
             norms.append(n.detach()[real])
-        step = self.ledger.steps
-        if self.rank == 0 and self.plan.noise_multiplier > 0:  # once per logical step, across all ranks
-            add_gaussian_noise_(list(sums.values()), self.source, step,
-                                self.plan.noise_multiplier * self.plan.max_grad_norm)
-        scale = self.world / self.expected  # DeepSpeed averages gradients over ranks
-        surrogate = sum((g.detach().to(p.dtype) * p).sum() for p, g in sums.items()) * scale  # d/dp = g * scale
-        eng.backward(surrogate)
-        eng.step()
+        std = self.plan.noise_multiplier * self.plan.max_grad_norm
+        if self.zero3:
+            shards.finish(self.source, self.ledger.steps, std, 1.0 / self.expected)
+            eng.optimizer.independent_gradient_partition_epilogue()  # what a backward ends with: the step reads it
+            eng.step()
+        else:
+            self._surrogate_step([sums[p] for p in self.params], std)
         self.ledger.step()
         self.last_norms = torch.cat(norms)
         loss = torch.cat(losses)
         return float(loss.mean()) if loss.numel() else float("nan")
+
+    def _surrogate_step(self, sums: list[torch.Tensor], std: float):
+        eng, step = self.engine, self.ledger.steps
+        scale = self.world / self.expected  # DeepSpeed averages gradients over ranks
+        if self.rank == 0 and std > 0:  # once per logical step, across all ranks
+            add_gaussian_noise_(sums, self.source, step, std)
+        if self.low_precision and self.world > 1:  # sum in fp32 here; DeepSpeed then averages identical tensors
+            import torch.distributed as dist
+
+            for g in sums:
+                dist.all_reduce(g)
+            scale = 1.0 / self.expected
+        surrogate = sum((g.to(p.dtype) * p).sum() for p, g in zip(self.params, sums)) * scale  # d/dp = g * scale
+        eng.backward(surrogate)
+        eng.step()
+
+
+class _Shards:
+    """ZeRO-3: each rank's fp32 share of the clipped sums, reduced layer by layer into the shards it owns (DeepSpeed's
+    layout: rank r owns elements [r*n, (r+1)*n) of the flattened weight, n = the local partition's size)."""
+
+    def __init__(self, params, rank: int, world: int, device):
+        import torch.distributed as dist
+
+        self.params, self.rank, self.world = params, rank, world
+        self.local = [torch.zeros(p.ds_tensor.numel(), dtype=torch.float32, device=device) for p in params]
+        self.scatter = world > 1 and dist.get_backend() == "nccl"  # gloo has no reduce_scatter: all_reduce there
+
+    def add(self, p, i: int, s: torch.Tensor):
+        import torch.distributed as dist
+
+        n = self.local[i].numel()
+        flat = s.reshape(-1)
+        if self.world == 1:
+            self.local[i].add_(flat[:n])
+            return
+        full = torch.zeros(n * self.world, dtype=torch.float32, device=flat.device)
+        full[:flat.numel()] = flat
+        if self.scatter:
+            out = torch.empty(n, dtype=torch.float32, device=flat.device)
+            dist.reduce_scatter_tensor(out, full)
+            self.local[i].add_(out)
+        else:
+            dist.all_reduce(full)
+            self.local[i].add_(full[self.rank * n:(self.rank + 1) * n])
+
+    def finish(self, source, step: int, std: float, scale: float):
+        """Each rank adds its own N(0, std^2) to its shards (independent streams keyed by rank), scales to the
+        update's 1/(q*N) and writes them into DeepSpeed's gradient partitions."""
+        from deepspeed.utils import safe_set_local_grad
+
+        if std > 0:
+            for i, t in enumerate(self.local):
+                t.add_(torch.randn(t.shape, generator=source.generator("noise", step, i, "shard", self.rank))
+                       .to(t.device) * std)
+        for p, t in zip(self.params, self.local):
+            safe_set_local_grad(p, t.mul_(scale))
 
 
 class DPSteps:

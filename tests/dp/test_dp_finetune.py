@@ -176,20 +176,6 @@ def test_resume_after_kill_continues_the_ledger(tmp_path, tiny_model_dir):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
 
 
-def test_noise_variance_is_the_same_with_one_and_two_ranks(tmp_path, tiny_model_dir):
-    """Noise is drawn once per logical step (on rank 0), not once per rank: the update's spread stays sigma*C/B."""
-    upd = {}
-    for ranks in (1, 2):
-        out = tmp_path / f"u{ranks}.pt"
-        p = run_script("tests/dp/noise_ranks_helper.py", str(tiny_model_dir), str(out), launcher="deepspeed",
-                       ranks=ranks)
-        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-        upd[ranks] = torch.load(out, weights_only=True)
-    for u in upd.values():
-        assert abs(u.std().item() - 1.0 / 8) < 0.05 / 8
-    torch.testing.assert_close(upd[1], upd[2], rtol=0, atol=1e-4)  # same noise draw, same tiny clipped sum
-
-
 def test_vicuna_supervised_dp_tuning(tmp_path, tiny_model_dir):
     """Type C: DP tuning on (instruction, answer) pairs with the vicuna prompt; loss only on the answers."""
     rows = [{"instruction": f"Name colour {i}.", "answer": f"Colour {i} is blue."} for i in range(12)]

@@ -55,11 +55,16 @@ def test_seed001_configs_run_unchanged_but_shrunk(workdir, tiny_model_dir):
     assert "mapped to Presidio" in p.stdout
     m = json.loads((workdir / "results" / "seed001" / "echr-llama2-7b-scrubbed" / "metrics.json").read_text())
     assert m["scrub"]["entities"].get("DATE_TIME", 0) >= 10 and m["scrub"]["texts"] == 20  # every "N March 2001"
-    # the DP file asks for ZeRO-3 DP full fine-tuning: refused up front with one line, nothing written
+    # the DP file: ZeRO-3 DP full fine-tuning (peft none) in bf16, launched as the seed does, on 2 CPU ranks
     cfg = ROOT / "configs" / "dp" / "seed001" / "echr-llama2-7b-dp8.yml"
-    p = run_script("dp_finetune.py", "--config_path", str(cfg), *shrink, cwd=workdir)
-    assert_user_error(p, "ZeRO")
-    assert not (workdir / "results" / "seed001" / "echr-llama2-7b-dp8").exists()
+    p = run_script("dp_finetune.py", "--config_path", str(cfg), *shrink[:3], launcher="deepspeed", ranks=2,
+                   cwd=workdir)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = workdir / "results" / "seed001" / "echr-llama2-7b-dp8"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["noise_source"] == "secure" and 0 < m["privacy"]["epsilon"] <= 8.0
+    assert json.loads((out / "config.json").read_text())["trainer_args"]["bf16"] is True
+    assert (out / "final_model" / "model.safetensors").is_file()  # full weights gathered from the ZeRO-3 shards
     p = run_script("dp_finetune.py", "--config_path", str(cfg), "trainer_args.num_train_epochs=lots",
                    "model_args.pre_trained=maybe", cwd=workdir)
     assert_user_error(p, "num_train_epochs", "pre_trained")
