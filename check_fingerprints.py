@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from privlm import config as C
-from privlm import fingerprint, models, plots
+from privlm import fingerprint, models, plots, stats
 from privlm.eval import utility
 from privlm.fingerprint.verify import check, template_sets
 from privlm.errors import UserError, cli
@@ -72,19 +72,23 @@ def resolve_settings(cfg: CheckConfig) -> dict:
 
 
 def print_table(report: dict):
-    print(f"\n{'template set':<14}{'templates':>10}{'retention':>11}{'token acc':>11}")
+    """Every estimate with its 95% interval next to it."""
+    print(f"\n{'template set':<14}{'templates':>10}{'retention [95% CI]':>26}{'token acc':>11}")
     for name, r in report["per_template"].items():
-        print(f"{name:<14}{len(r['templates']):>10}{r['retention']:>11.3f}{r['token_accuracy']:>11.3f}")
+        print(f"{name:<14}{len(r['templates']):>10}{stats.fmt(r['retention'], r.get('retention_ci')):>26}"
+              f"{r['token_accuracy']:>11.3f}")
     u = report.get("utility")
     if u:
-        print(f"\n{'utility':<28}{'base':>10}{'fingerprinted':>15}")
+        print(f"\n{'utility':<28}{'base [95% CI]':>24}{'fingerprinted [95% CI]':>26}")
         for task in u["fingerprinted"]["lm_eval"]:
             for metric in ("acc", "acc_norm"):
-                b = u["base"]["lm_eval"].get(task, {}).get(metric, float("nan"))
-                a = u["fingerprinted"]["lm_eval"][task].get(metric, float("nan"))
-                print(f"{task + ' ' + metric:<28}{b:>10.3f}{a:>15.3f}")
-        print(f"{'held-out perplexity':<28}{u['base']['heldout_perplexity']:>10.2f}"
-              f"{u['fingerprinted']['heldout_perplexity']:>15.2f}")
+                b = u["base"]["lm_eval"].get(task, {})
+                a = u["fingerprinted"]["lm_eval"][task]
+                if metric in a:
+                    print(f"{task + ' ' + metric:<28}{stats.fmt(b.get(metric), b.get(metric + '_ci')):>24}"
+                          f"{stats.fmt(a.get(metric), a.get(metric + '_ci')):>26}")
+        print(f"{'held-out perplexity':<28}{u['base']['heldout_perplexity']:>24.2f}"
+              f"{u['fingerprinted']['heldout_perplexity']:>26.2f}")
 
 
 @cli
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         for f in report["fingerprints"]:
             print(f"{'OK  ' if f['match'] else 'MISS'} {f['key'][:40]!r} -> {f['response']!r} (got {f['generated']!r})")
     print_table(report)
-    print(f"\nretention ({report['template_set']}): {report['retention']:.3f} of {report['num_fingerprints']} fingerprints")
+    print(f"\nretention ({report['template_set']}): {stats.fmt(report['retention'], report['retention_ci'])} of "
+          f"{report['num_fingerprints']} fingerprints")
     if cfg.output_file:
         atomic_write_json(cfg.output_file, report)
         png = plots.retention_png(report, Path(cfg.output_file).with_suffix(".png"))

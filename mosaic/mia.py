@@ -22,7 +22,7 @@ from privlm import models
 from privlm.errors import UserError, cli
 from privlm.io import atomic_write_json, read_json, refuse_existing
 from privlm.mia import ATTACKS, metrics, needs_of
-from privlm.mia.scoring import Stats, token_stats
+from privlm.mia.scoring import score_texts
 from privlm.mosaic import canaries as canary_lib
 from privlm.mosaic import figures
 from privlm.mosaic.inject import exact_count
@@ -74,17 +74,9 @@ def main(argv=None) -> dict:
 
     tok = models.load_tokenizer(cfg.model)
     model = models.load_model(cfg.model, dtype=cfg.dtype, device=models.device())
-    stats = Stats(texts, token_stats(model, tok, texts, cfg.batch_size, moments="min_kpp" in cfg.attacks,
-                                     desc="target"))
-    if "lowercase" in needs:
-        stats.lowercase = token_stats(model, tok, [t.lower() for t in texts], cfg.batch_size, moments=False,
-                                      desc="lowercase")
+    scores = score_texts(model, tok, texts, cfg.attacks, reference=cfg.reference, dtype=cfg.dtype,
+                         batch_size=cfg.batch_size, k=cfg.k, k_pct=cfg.k_pct)
     del model
-    if "reference" in needs:
-        ref_tok = models.load_tokenizer(cfg.reference)
-        ref = models.load_model(cfg.reference, dtype=cfg.dtype, device=models.device())
-        stats.reference = token_stats(ref, ref_tok, texts, cfg.batch_size, moments=False, desc="reference")
-        del ref
 
     nm = len(members)
     member_ids = [c["id"] for c in members]
@@ -93,7 +85,7 @@ def main(argv=None) -> dict:
               "attacks": {}, "scores": {}}
     curves = {}
     for name in cfg.attacks:
-        s = np.asarray(ATTACKS[name].score(stats, k=cfg.k, k_pct=cfg.k_pct), dtype=float)
+        s = scores[name]
         m, n = s[:nm], s[nm:]
         r_all = metrics.roc(m, n)
         entry = {"all": r_all, "groups": {}}

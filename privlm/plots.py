@@ -41,7 +41,9 @@ def retention_figure(report: dict):
     for i, (name, r) in enumerate(sets.items()):
         vals = [t["retention"] for t in r["templates"]]
         xs = [x + j for j in range(len(vals))]
-        ax.bar(xs, vals, color=f"C{i}", label=f"{name} (mean {r['retention']:.2f})")
+        ax.bar(xs, vals, color=f"C{i}", label=f"{name} (mean {r['retention']:.2f})",
+               yerr=_yerr(vals, [t.get("retention_ci") for t in r["templates"]]), capsize=2,
+               error_kw={"elinewidth": 0.8})
         x += len(vals) + 1
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("retention")
@@ -51,14 +53,17 @@ def retention_figure(report: dict):
     if has_u:
         u = report["utility"]
         ax = axes[0][1]
-        labels, before, after = [], [], []
+        labels, before, after, ci_b, ci_a = [], [], [], [], []
         for task, m in u["fingerprinted"]["lm_eval"].items():
+            b = u["base"]["lm_eval"].get(task, {})
             labels.append(f"{task} acc")
-            before.append(u["base"]["lm_eval"].get(task, {}).get("acc", float("nan")))
+            before.append(b.get("acc", float("nan")))
             after.append(m.get("acc", float("nan")))
+            ci_b.append(b.get("acc_ci"))
+            ci_a.append(m.get("acc_ci"))
         xs = range(len(labels))
-        ax.bar([i - 0.2 for i in xs], before, 0.4, label="base")
-        ax.bar([i + 0.2 for i in xs], after, 0.4, label="fingerprinted")
+        ax.bar([i - 0.2 for i in xs], before, 0.4, label="base", yerr=_yerr(before, ci_b), capsize=3)
+        ax.bar([i + 0.2 for i in xs], after, 0.4, label="fingerprinted", yerr=_yerr(after, ci_a), capsize=3)
         ax.set_xticks(list(xs), labels)
         ax.set_ylim(0, 1)
         ax.set_title(f"utility; held-out ppl {u['base']['heldout_perplexity']:.1f} -> "
@@ -66,3 +71,10 @@ def retention_figure(report: dict):
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _yerr(values, cis):
+    """matplotlib's asymmetric error bars from [low, high] intervals (none drawn where an interval is missing)."""
+    lo = [v - c[0] if c else 0.0 for v, c in zip(values, cis)]
+    hi = [c[1] - v if c else 0.0 for v, c in zip(values, cis)]
+    return [lo, hi]

@@ -107,7 +107,7 @@ class TrainSpec:
     gradient_checkpointing: bool = False
     ds_json: dict | None = None  # the user's DeepSpeed JSON, laid over ours ("auto" values keep ours)
     pretrained: bool = True  # False: the architecture's random initialisation
-    fp32_grads: bool = False  # DP: ZeRO-3 gradient partitions in fp32 under bf16/fp16 (the DP step writes them)
+    dp_step: bool = False  # the DP step writes the gradients (privlm.dp.step): see ds_config
 
     @classmethod
     def from_args(cls, ta, dtype: str = "auto", **extra) -> "TrainSpec":
@@ -164,8 +164,13 @@ def ds_config(spec: TrainSpec, world: int) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if spec.fp32_grads and spec.zero_stage == 3 and dt != torch.float32:
-        cfg["data_types"] = {"grad_accum_dtype": "fp32"}
+    if spec.dp_step and spec.zero_stage == 3:
+        # the DP step writes fp32 sums into the gradient partitions: keep them fp32 under bf16/fp16; and plain
+        # F.linear, whose backward skips weight gradients nobody asked for (ZeRO-3's memory-efficient linear
+        # forms them anyway, doubling the ghost pass)
+        zero["memory_efficient_linear"] = False
+        if dt != torch.float32:
+            cfg["data_types"] = {"grad_accum_dtype": "fp32"}
     if spec.offload:  # DeepSpeed's CPU Adam is needed where the optimizer lives on the CPU
         cfg["optimizer"] = {"type": "AdamW", "params": {"lr": spec.lr, "weight_decay": spec.weight_decay}}
     if spec.ds_json:

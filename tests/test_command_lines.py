@@ -107,8 +107,9 @@ def target(cmd: list[str]) -> tuple[str, list[str]] | None:
 
 
 def config_class(module):
-    classes = [v for k, v in vars(module).items() if k.endswith("Config") and isinstance(v, type)
-               and v.__module__ == module.__name__]
+    classes = [v for k, v in vars(module).items() if k.endswith("Config") and isinstance(v, type)]
+    own = [v for v in classes if v.__module__ == module.__name__]  # else the one its pipeline module defines
+    classes = own or classes
     assert len(classes) == 1, f"{module.__name__}: expected one *Config class, found {classes}"
     return classes[0]
 

@@ -106,6 +106,11 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_model_dir):
     assert set(r["per_template"]) == {"trained", "heldout"} and len(r["per_template"]["heldout"]["templates"]) == 10
     assert all(set(f) >= {"key", "response", "generated", "match"} for f in r["fingerprints"])
     assert sum(f["match"] for f in r["fingerprints"]) / 8 == r["retention"]
+    from privlm import stats  # one template: Wilson over the 8 fingerprints; ten templates: a bootstrap around the mean
+    assert r["retention_ci"] == stats.wilson(round(8 * r["retention"]), 8)
+    lo, hi = r["per_template"]["heldout"]["retention_ci"]
+    assert lo <= r["per_template"]["heldout"]["retention"] <= hi
+    assert "retention (trained): " + stats.fmt(r["retention"], r["retention_ci"]) in chk.stdout
 
 
 def test_run_hash_follows_fingerprint_content_not_path(tmp_path, tiny_model_dir):

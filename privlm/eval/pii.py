@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import data
+from .. import data, stats
 from .greedy import greedy_match
 
 
@@ -35,13 +35,14 @@ def pii_probes(tok, records: list[dict], max_prefix_tokens: int = 96) -> list[tu
 def extraction(model, tok, records: list[dict], batch_size: int = 32) -> dict:
     probes = pii_probes(tok, records)
     if not probes:
-        return {"rate": None, "n": 0, "extracted": 0, "token_accuracy": None, "by_type": {}}
+        return {"rate": None, "n": 0, "extracted": 0, "rate_ci": None, "token_accuracy": None, "by_type": {}}
     verdicts = greedy_match(model, tok, [e for _, e in probes], batch_size, progress=False)
     by_type: dict[str, list[bool]] = {}
     for (kind, _), v in zip(probes, verdicts):
         by_type.setdefault(kind, []).append(v.match)
     hits = [v.match for v in verdicts]
     return {"rate": sum(hits) / len(hits), "n": len(hits), "extracted": sum(hits),
+            "rate_ci": stats.clopper_pearson(sum(hits), len(hits)),  # exact: extraction is a rare event
             # a softer signal: the share of PII tokens the model predicts right given the true PII prefix
             "token_accuracy": sum(v.token_accuracy for v in verdicts) / len(verdicts),
             "by_type": {k: sum(v) / len(v) for k, v in sorted(by_type.items())}}

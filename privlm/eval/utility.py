@@ -36,7 +36,8 @@ metric_list:
 
 
 def lm_eval_scores(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 16) -> dict:
-    """Accuracy per task through lm-eval-harness on an in-memory model. Returns {task: {"acc", "acc_norm"}}."""
+    """Accuracy per task through lm-eval-harness on an in-memory model. Returns {task: {"acc", "acc_norm", "n",
+    "acc_ci", "acc_norm_ci"}} (95% Wilson intervals over the n questions)."""
     import logging
 
     from lm_eval import simple_evaluate
@@ -53,10 +54,18 @@ def lm_eval_scores(model, tokenizer, tasks: list[str], limit: int | None = None,
                                   log_samples=False, verbosity="ERROR")
         except Exception as e:  # the harness raises many types for unreachable data / unknown tasks
             raise UserError(f"lm-eval could not run tasks {tasks}: {str(e).splitlines()[0][:200]}") from None
+    from .. import stats
+
     out = {}
     for task, metrics in res["results"].items():
         out[task] = {k.split(",")[0]: v for k, v in metrics.items()
                      if k.split(",")[0] in ("acc", "acc_norm") and isinstance(v, float)}
+        n = (res.get("n-samples", {}).get(task) or {}).get("effective")
+        if n:  # accuracy over n independent questions: Wilson intervals
+            out[task]["n"] = int(n)
+            for k in ("acc", "acc_norm"):
+                if k in out[task]:
+                    out[task][f"{k}_ci"] = stats.wilson(round(out[task][k] * n), n)
     return out
 
 

@@ -27,12 +27,17 @@ def roc_curve(member_scores, nonmember_scores) -> tuple[np.ndarray, np.ndarray]:
 
 
 def roc(member_scores, nonmember_scores) -> dict:
-    """JSON-able: auc, n_members, n_nonmembers and tpr@<p>fpr for p in FPR_POINTS."""
+    """JSON-able: auc with its 95% bootstrap interval `auc_ci`, n_members, n_nonmembers, tpr@<p>fpr for p in
+    FPR_POINTS, and `tpr_at_fpr`: [{fpr, tpr, ci}] at 0.01 and 0.1 (privlm.stats)."""
     from sklearn.metrics import roc_auc_score
+
+    from .. import stats
 
     y, s = _labelled(member_scores, nonmember_scores)
     fpr, tpr = roc_curve(member_scores, nonmember_scores)
-    out = {"auc": float(roc_auc_score(y, s)), "n_members": int(y.sum()), "n_nonmembers": int(len(y) - y.sum())}
+    out = {"auc": float(roc_auc_score(y, s)), "auc_ci": stats.auc_ci(member_scores, nonmember_scores),
+           "n_members": int(y.sum()), "n_nonmembers": int(len(y) - y.sum())}
     for p in FPR_POINTS:
         out[f"tpr@{p:g}fpr"] = tpr_at_fpr(fpr, tpr, p)
+    out["tpr_at_fpr"] = stats.tpr_points(member_scores, nonmember_scores)
     return out

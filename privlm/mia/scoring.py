@@ -60,3 +60,29 @@ def token_stats(model, tokenizer, texts: list[str], batch_size: int = 16, max_le
             out[i] = TokenStats(lp.cpu().numpy(), None if mu is None else mu.cpu().numpy(),
                                 None if sd is None else sd.cpu().numpy())
     return out  # type: ignore[return-value]
+
+
+def score_texts(model, tokenizer, texts: list[str], attacks: list[str], *, reference: str | None = None,
+                dtype: str = "auto", batch_size: int = 16, **params) -> dict[str, np.ndarray]:
+    """Every named attack's scores (higher = member) for `texts` against a loaded target model: one forward pass
+    over the texts, one over their lowercased forms when an attack needs it, and one through the reference model
+    (a path, loaded here and released) when one does. `params` go to the attacks (k, k_pct)."""
+    from .. import models
+    from ..errors import UserError
+    from .registry import ATTACKS, needs_of
+
+    needs = needs_of(attacks)
+    stats = Stats(texts, token_stats(model, tokenizer, texts, batch_size, moments="min_kpp" in attacks,
+                                     desc="target"))
+    if "lowercase" in needs:
+        stats.lowercase = token_stats(model, tokenizer, [t.lower() for t in texts], batch_size, moments=False,
+                                      desc="lowercase")
+    if "reference" in needs:
+        if not reference:
+            raise UserError(f"attack(s) {', '.join(a for a in attacks if 'reference' in ATTACKS[a].needs)} need a "
+                            "reference model")
+        ref_tok = models.load_tokenizer(reference)
+        ref = models.load_model(reference, dtype=dtype, device=models.device())
+        stats.reference = token_stats(ref, ref_tok, texts, batch_size, moments=False, desc="reference")
+        del ref
+    return {name: np.asarray(ATTACKS[name].score(stats, **params), dtype=float) for name in attacks}

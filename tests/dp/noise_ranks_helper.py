@@ -38,7 +38,7 @@ def main(model_dir: str, out: str, stage: int, mode: str, C: float, dtype: str =
         prepare_full_dp(model)
     model = model.to(getattr(torch, dtype))
     params = [p for p in model.parameters() if p.requires_grad]
-    spec = TrainSpec(zero_stage=stage, micro_batch_size=4, grad_clip=0.0, dtype=dtype, fp32_grads=True)
+    spec = TrainSpec(zero_stage=stage, micro_batch_size=4, grad_clip=0.0, dtype=dtype, dp_step=True)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=torch.optim.SGD(params, lr=1.0),
                                       config=ds_config(spec, world))
     step = DPStep(engine, fixed_plan(noise_multiplier=0.0, max_grad_norm=C, dataset_size=8), 3, rank=rank,

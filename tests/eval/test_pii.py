@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from privlm import data
@@ -34,6 +35,7 @@ def test_extraction_counts_what_greedy_reproduces(tiny, monkeypatch):
     res = pii_eval.extraction(model, tok, [])
     assert res["n"] == len(real) == 12
     assert res["extracted"] == 6 and res["rate"] == 0.5
+    assert res["rate_ci"] == pytest.approx([0.2109, 0.7891], abs=1e-4)  # Clopper-Pearson, 6 of 12
 
 
 def test_heldout_loss_matches_hf_loss(tiny):

@@ -41,3 +41,6 @@ def test_lm_eval_accuracy_equals_our_loglikelihood_ranking(tiny):
             right += max(range(len(scores)), key=scores.__getitem__) == d["answer"]
     got = utility.lm_eval_scores(model, tok, ["privlm_sanity"], limit=16, batch_size=4)
     assert got["privlm_sanity"]["acc"] == pytest.approx(right / 16)
+    from privlm import stats
+
+    assert got["privlm_sanity"]["n"] == 16 and got["privlm_sanity"]["acc_ci"] == stats.wilson(right, 16)

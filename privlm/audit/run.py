@@ -1,0 +1,186 @@
+"""`python -m privlm.audit run`: the one-run privacy audit (Steinke, Nasr and Jagielski 2023) of a dp_finetune.py run.
+
+m canaries are made (random words, or mosaic canaries sampled from the base model); a secret fair coin puts each in
+the training set or not; the model is trained by exactly the dp_finetune.py pipeline (every flag, YAML file and
+key=value override of dp_finetune.py works: undefended, scrubbed, DP); every canary is scored by an MIA attack
+(loss by default); the auditor guesses "in" for the top-scoring and "out" for the bottom-scoring canaries, with the
+number of guesses from a grid fixed in advance (privlm.audit.bound.guess_grid, union bound over it), and the
+(m, guesses, correct) it reaches become an epsilon lower bound at the chosen confidence for the run's delta.
+
+Layout: <audit dir>/canaries.jsonl (texts and coins: the auditor's secret, kept for a resumed audit),
+<audit dir>/train/ (the training run, resumable as any), <audit dir>/audit.json and roc.png (written last).
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from .. import config as C
+from .. import models, stats
+from ..errors import UserError
+from ..io import atomic_write_json, atomic_write_text
+from . import bound
+
+
+def audit_args(parser):
+    g = parser.add_argument_group("audit")
+    g.add_argument("--num_canaries", type=int, default=1000, help="m: canaries, each in training with prob. 1/2")
+    g.add_argument("--canary_length", type=int, default=32, help="words per random canary (tokens for mosaic)")
+    g.add_argument("--canary_kind", choices=["random", "mosaic"], default="random",
+                   help="random words, or mosaic canaries sampled from the base model")
+    g.add_argument("--canary_repeats", type=int, default=1, help="copies of each included canary in training")
+    g.add_argument("--attack", default="loss", help="MIA score (a registered attack: loss, ratio, zlib, min_k, ...)")
+    g.add_argument("--reference_model", default=None, help="for reference attacks (default: the base model)")
+    g.add_argument("--confidence", type=float, default=0.95)
+
+
+def validate(cfg, a) -> None:
+    from ..mia import ATTACKS
+
+    problems = []
+    if a.num_canaries < 2:
+        problems.append(f"--num_canaries: {a.num_canaries} must be >= 2")
+    if a.canary_length < 1:
+        problems.append("--canary_length: must be >= 1")
+    if a.canary_repeats < 1:
+        problems.append("--canary_repeats: must be >= 1")
+    if not 0 < a.confidence < 1:
+        problems.append(f"--confidence: {a.confidence} must be in (0, 1)")
+    if a.attack not in ATTACKS:
+        problems.append(f"--attack: unknown attack {a.attack}; known: {', '.join(sorted(ATTACKS))}")
+    if cfg.dataset.prompt_style != "uncond_generation":
+        problems.append("dataset.prompt_style: the audit plants canaries as plain texts (uncond_generation)")
+    if problems:
+        raise UserError("invalid audit settings: " + "; ".join(problems))
+
+
+def audit_dir(cfg, a) -> Path:
+    ta = cfg.trainer_args
+    if ta.output_dir:
+        return Path(ta.output_dir)
+    settings = {k: getattr(a, k) for k in ("num_canaries", "canary_length", "canary_kind", "canary_repeats")}
+    return Path(ta.results_dir) / "audits" / C.run_hash(cfg, settings)
+
+
+def make_canaries(cfg, a, rng: np.random.Generator) -> list[dict]:
+    """[{id, text, member}] with members drawn by fair coins from `rng`."""
+    tok = models.load_tokenizer(cfg.model.model_path)
+    m = a.num_canaries
+    if a.canary_kind == "random":
+        vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
+        words = sorted({t[1:] for t in vocab if t and t[0] in "Ġ▁" and t[1:].isalpha() and t[1:].islower()
+                        and len(t) > 3})
+        if len(words) >= 100:
+            texts = [" ".join(words[i] for i in rng.integers(0, len(words), a.canary_length)).capitalize() + "."
+                     for _ in range(m)]
+        else:  # a toy tokenizer without a word list: random non-special tokens
+            ids = [i for i in range(len(tok)) if i not in set(tok.all_special_ids)]
+            texts = [tok.decode([ids[j] for j in rng.integers(0, len(ids), a.canary_length)]) for _ in range(m)]
+    else:
+        from ..mosaic.canaries import sample
+
+        model = models.load_model(cfg.model.model_path, dtype=cfg.model.dtype, device=models.device())
+        rows, _ = sample(model, tok, tok, m, a.canary_length, 1.0, int(rng.integers(2**31)))
+        texts = [r["text"] for r in rows]
+        del model
+    coins = rng.integers(0, 2, m).astype(bool)
+    return [{"id": i, "text": t, "member": bool(c)} for i, (t, c) in enumerate(zip(texts, coins))]
+
+
+def load_or_make_canaries(path: Path, cfg, a) -> tuple[list[dict], bool]:
+    """(canaries, new?): a resumed audit keeps its canaries and coins; a new one draws them from the OS's secure
+    source (or from the config seed under --reproducible_noise)."""
+    if path.is_file():
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        if len(rows) != a.num_canaries:
+            raise UserError(f"{path} holds {len(rows)} canaries, not --num_canaries {a.num_canaries}; use another "
+                            "--output_dir")
+        return rows, False
+    seed = cfg.trainer_args.seed if cfg.privacy.reproducible_noise else secrets.randbits(63)
+    return make_canaries(cfg, a, np.random.default_rng(seed)), True
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from ..dp.finetune import DPFinetuneConfig, front_door, load_data, load_trained, logical_batch, run
+    from ..training import is_main
+
+    cfg, a = C.parse(DPFinetuneConfig, argv, __doc__, extra_args=audit_args)
+    validate(cfg, a)
+    out = audit_dir(cfg, a)
+    if cfg.trainer_args.overwrite_output_dir and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    canaries, new = load_or_make_canaries(out / "canaries.jsonl", cfg, a)
+    field = cfg.dataset.text_field
+    planted = [{field: c["text"]} for c in canaries if c["member"] for _ in range(a.canary_repeats)]
+    cfg.trainer_args.total_train_batch_size = logical_batch(cfg)
+    front_door(cfg, len(load_data(cfg.dataset)[0]) + len(planted))  # refuse bad privacy settings before writing
+    if new:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "canaries.jsonl", "".join(json.dumps(c) + "\n" for c in canaries))
+    cfg.trainer_args.output_dir = str(out / "train")
+    cfg.trainer_args.overwrite_output_dir = False
+    metrics = run(cfg, extra_records=planted)
+    if not is_main():
+        return {}
+
+    tok = models.load_tokenizer(cfg.model.model_path)
+    model = load_trained(cfg, out / "train" / "final_model")
+    from ..mia.scoring import score_texts
+
+    texts = [c["text"] for c in canaries]
+    scores = score_texts(model, tok, texts, [a.attack], reference=a.reference_model or cfg.model.model_path,
+                         dtype=cfg.model.dtype)[a.attack]
+    member = np.array([c["member"] for c in canaries])
+    privacy = metrics.get("privacy") or {}
+    n_train = metrics.get("dataset_size") or 1
+    delta = privacy.get("delta") or (cfg.privacy.target_delta if cfg.privacy.target_delta is not None
+                                     else 1 / (2 * n_train))
+    result = bound.audit(scores, member, delta, a.confidence)
+    roc = stats.roc_with_ci(scores[member], scores[~member], confidence=a.confidence)
+    report = {
+        "epsilon_lower_bound": result["epsilon_lower_bound"],
+        "epsilon_upper_bound": privacy.get("epsilon") if cfg.dp else None,
+        "delta": delta, "confidence": a.confidence, "num_canaries": len(canaries),
+        "num_members": int(member.sum()), "num_guesses": result["num_guesses"], "num_correct": result["num_correct"],
+        "guess_grid": result["grid"], "confidence_per_grid_point": result["confidence_per_grid_point"],
+        "attack": a.attack, "auc": roc["auc"], "auc_ci": roc["auc_ci"], "tpr_at_fpr": roc["tpr_at_fpr"],
+        "mode": metrics.get("mode"), "noise_source": metrics.get("noise_source"),
+        "canary_kind": a.canary_kind, "canary_length": a.canary_length, "canary_repeats": a.canary_repeats,
+        "training_run": str(out / "train"), "figure": str(out / "roc.png"),
+    }
+    _roc_png(scores[member], scores[~member], report, out / "roc.png")
+    atomic_write_json(out / "audit.json", report)
+    ub = report["epsilon_upper_bound"]
+    print(f"[privlm] audit: eps_lb {report['epsilon_lower_bound']:.3f} (eps_ub "
+          f"{'-' if ub is None else f'{ub:.3f}'}, delta {delta:.3g}, {report['confidence']:.0%} confidence; "
+          f"{report['num_correct']} of {report['num_guesses']} guesses right), AUC "
+          f"{stats.fmt(report['auc'], report['auc_ci'])} -> {out / 'audit.json'}")
+    return report
+
+
+def _roc_png(members, nonmembers, report: dict, path: Path):
+    from ..mia.metrics import roc_curve
+    from ..plots import pyplot, save
+
+    plt = pyplot()
+    fpr, tpr = roc_curve(members, nonmembers)
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.plot(fpr, tpr, label=f"{report['attack']}: AUC {stats.fmt(report['auc'], report['auc_ci'])}")
+    for p in report["tpr_at_fpr"]:
+        if p["ci"]:
+            ax.errorbar([p["fpr"]], [p["tpr"]], yerr=[[p["tpr"] - p["ci"][0]], [p["ci"][1] - p["tpr"]]], fmt="o",
+                        color="k", capsize=3)
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ub = report["epsilon_upper_bound"]
+    ax.set_title(f"eps_lb {report['epsilon_lower_bound']:.2f}, eps_ub {'-' if ub is None else f'{ub:.2f}'}",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    save(fig, path)

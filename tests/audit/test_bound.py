@@ -1,0 +1,71 @@
+"""The one-run audit's epsilon lower bound: against an independent root-finding inversion of the binomial tail
+(delta = 0), the closed form when every guess is right, the effect of delta, and the CLI's bad input."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from scipy.optimize import brentq
+from scipy.stats import binom
+
+from conftest import ROOT, assert_user_error, child_env
+from privlm.audit.bound import audit, epsilon_lower_bound, p_value
+
+
+def inverted(r, v, c):
+    """The largest eps with P[Binomial(r, e^eps / (1 + e^eps)) >= v] <= 1 - c, by Brent's method."""
+    f = lambda eps: binom.sf(v - 1, r, 1 / (1 + math.exp(-eps))) - (1 - c)  # noqa: E731
+    return 0.0 if f(0.0) >= 0 else brentq(f, 0.0, 50.0, xtol=1e-12)
+
+
+@pytest.mark.parametrize("m,r,v", [(1000, 100, 90), (1000, 100, 60), (1000, 1000, 700), (200, 20, 13),
+                                   (1000, 500, 500)])
+def test_delta_zero_is_the_binomial_tail_inversion(m, r, v):
+    assert epsilon_lower_bound(m, r, v, 0.0, 0.95) == pytest.approx(inverted(r, v, 0.95), abs=1e-7)
+
+
+@pytest.mark.parametrize("r", [10, 100, 1000])
+def test_all_guesses_right_has_a_closed_form(r):
+    q = 0.05 ** (1 / r)  # q^r = 1 - c
+    assert epsilon_lower_bound(1000, r, r, 0.0, 0.95) == pytest.approx(math.log(q / (1 - q)), abs=1e-7)
+
+
+def test_delta_and_confidence_only_lower_the_bound():
+    base = epsilon_lower_bound(1000, 100, 90, 0.0, 0.95)
+    assert 1.5 < base < 1.8  # (m=1000, r=100, v=90): 1.631
+    assert epsilon_lower_bound(1000, 100, 90, 1e-5, 0.95) < base
+    assert epsilon_lower_bound(1000, 100, 90, 1e-2, 0.95) < epsilon_lower_bound(1000, 100, 90, 1e-5, 0.95)
+    assert epsilon_lower_bound(1000, 100, 90, 0.0, 0.99) < base
+    assert epsilon_lower_bound(1000, 100, 50, 0.0, 0.95) == 0.0  # chance level proves nothing
+    assert p_value(1000, 100, 90, base, 0.0) == pytest.approx(0.05, abs=1e-6)
+
+
+def test_guesses_come_from_the_grid_fixed_in_advance():
+    scores = list(range(1000))  # a perfect attack: the 500 highest are the members
+    members = [i >= 500 for i in range(1000)]
+    res = audit(scores, members, delta=0.0)
+    assert [g["num_guesses"] for g in res["grid"]] == [20, 50, 100, 200, 500, 1000]
+    assert all(g["num_correct"] == g["num_guesses"] for g in res["grid"])
+    per = 1 - 0.05 / 6  # union bound over the six grid points
+    assert res["epsilon_lower_bound"] == pytest.approx(epsilon_lower_bound(1000, 1000, 1000, 0.0, per))
+
+
+def _bound(*args):
+    return subprocess.run([sys.executable, "-m", "privlm.audit", "bound", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=child_env(), timeout=120)
+
+
+def test_bound_command_prints_json_and_refuses_bad_input_in_one_line():
+    p = _bound("--num_canaries", "1000", "--num_guesses", "100", "--num_correct", "90", "--delta", "0")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["epsilon_lower_bound"] == pytest.approx(inverted(100, 90, 0.95), abs=1e-7)
+    for args, needle in ((["1", "1", "1"], "num_canaries"), (["10", "11", "1"], "num_guesses"),
+                         (["10", "5", "6"], "num_correct")):
+        p = _bound("--num_canaries", args[0], "--num_guesses", args[1], "--num_correct", args[2])
+        assert_user_error(p, needle)
+        assert p.returncode == 2
+    assert_user_error(_bound("--num_canaries", "10", "--num_guesses", "5", "--num_correct", "3", "--delta", "1"),
+                      "delta")
+    assert_user_error(_bound("--num_canaries", "10", "--num_guesses", "5", "--num_correct", "3", "--confidence",
+                             "1.5"), "confidence")
