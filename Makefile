@@ -10,7 +10,7 @@ export TRANSFORMERS_VERBOSITY ?= error
 # GPUs if there are any, else two CPU ranks
 NGPUS = $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
 
-.PHONY: venv demo demo-dp demo-mosaic test test-fast test-gpu bench clean
+.PHONY: venv demo demo-dp demo-audit demo-mosaic test test-fast test-gpu bench clean
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,16 @@ demo-dp: venv
 	for c in undefended scrubbed dp8; do $(BIN)/python dp_finetune.py --config configs/dp/demo_$$c.yml; done; \
 	$(BIN)/python -m privlm.report dp results/dp_demo; \
 	echo "[demo-dp] wall time $$(( $$(date +%s) - start )) s"
+
+# The one-run privacy audit: undefended, DP epsilon 8 and epsilon 2, 1000 canaries each; a finished run is skipped.
+AD := results/audit_demo
+demo-audit: venv
+	@start=$$(date +%s); set -e; \
+	for e in -1 8 2; do n=$$( [ $$e = -1 ] && echo undefended || echo dp$$e ); \
+	  $(BIN)/python -m privlm.audit run --config configs/audit/demo.yml --eps $$e --num_canaries 1000 \
+	    --canary_length 8 --attack ratio --output_dir $(AD)/$$n; done; \
+	$(BIN)/python -m privlm.report audit $(AD); \
+	echo "[demo-audit] wall time $$(( $$(date +%s) - start )) s"
 
 # Mosaic memory on the default model: canaries, exact and fuzzy (mlm / random) duplicates in one injected corpus,
 # one fine-tuned target, every MIA attack per group, rho, a near-duplicate scan, figures. Finished steps are skipped.

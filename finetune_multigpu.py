@@ -36,7 +36,7 @@ class FinetuneConfig:
     model_family: str | None = C.field(None, help="seed compatibility: with --model_size picks a hub model")
     model_size: str | None = C.field(None, help="seed compatibility, see --model_family")
     fingerprints_file_path: str = C.field("generated_data/output_fingerprints.json", help="JSON list of {key, response}")
-    num_fingerprints: int = C.field(128, help="how many fingerprints to train on")
+    num_fingerprints: int = C.field(128, aliases=("--max_num_fingerprints",), help="how many fingerprints to train on")
     data_split: int = C.field(0, help="use fingerprints [data_split*N, (data_split+1)*N) of the file")
     fingerprint_generation_strategy: str = C.field("english", help="recorded with the run",
                                                    choices=sorted(fingerprint.STRATEGIES) + sorted(fingerprint.ALIASES))
@@ -46,7 +46,9 @@ class FinetuneConfig:
     forgetting_regularizer_schedule: str = C.field(
         "end", choices=["end", "epoch"],
         help="end: average once after the last epoch (what the seed's runs effectively did); epoch: after each epoch")
-    use_augmentation_prompts: bool = C.field(False, help="wrap keys in the training prompt templates")
+    use_augmentation_prompts: bool = C.field(False, aliases=("--use_prompt_augmentation",),
+                                             help="wrap keys in the training prompt templates (seed 000's README "
+                                                  "spells it --use_prompt_augmentation)")
     augmentation_prompts: str = C.field("train", help="template set name or JSON file used with augmentation")
     prompt_format: str = C.field("auto", choices=["auto", "raw", "chat"],
                                  help="auto: the chat template when the tokenizer has one")

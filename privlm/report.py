@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from .io import atomic_write_json, atomic_write_text
+from .plots import _yerr
+from .stats import clopper_pearson, fmt
 
 COLUMNS = ["run_hash", "model_path", "num_fingerprints", "max_key_length", "max_response_length",
            "fingerprint_generation_strategy", "learning_rate", "num_train_epochs", "forgetting_regularizer_strength",
@@ -61,6 +63,8 @@ def dp_table(results: Path) -> list[dict]:
         rows.append({"run": run.name, "mode": m.get("mode"),
                      "epsilon": (m.get("privacy") or {}).get("epsilon"),  # null: no DP (infinite epsilon)
                      "heldout_loss": ev.get("heldout_loss"), "pii_extraction_rate": pii.get("rate"),
+                     "pii_extraction_ci": pii.get("rate_ci") or (clopper_pearson(pii["extracted"], pii["n"])
+                                                                 if pii.get("n") else None),
                      "pii_extracted": pii.get("extracted"), "pii_strings": pii.get("n"),
                      "pii_token_accuracy": pii.get("token_accuracy"),
                      "pii_by_type": pii.get("by_type"), "train_seconds": m.get("train_seconds"),
@@ -70,14 +74,16 @@ def dp_table(results: Path) -> list[dict]:
 
 
 def format_dp_table(rows: list[dict]) -> str:
-    lines = [f"{'mode':<12}{'epsilon':>9}{'held-out loss':>15}{'PII extracted':>16}{'PII token acc':>15}"
-             f"{'train s':>9}"]
+    """PII extraction with its 95% Clopper-Pearson interval next to it."""
+    lines = [f"{'mode':<12}{'epsilon':>9}{'held-out loss':>15}{'PII extracted':>16}{'rate [95% CI]':>24}"
+             f"{'PII token acc':>15}{'train s':>9}"]
     for r in rows:
         eps = "inf" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
         # runs without ground-truth PII (ECHR, Enron) have nothing to extract: "-", not 0
         pii = f"{r['pii_extracted']}/{r['pii_strings']}" if r.get("pii_strings") else "-"
+        rate = fmt(r.get("pii_extraction_rate"), r.get("pii_extraction_ci")) if r.get("pii_strings") else "-"
         tok = f"{r['pii_token_accuracy']:.4f}" if r.get("pii_token_accuracy") is not None else "-"
-        lines.append(f"{r['mode']:<12}{eps:>9}{r['heldout_loss']:>15.4f}{pii:>12}{'':4}{tok:>15}"
+        lines.append(f"{r['mode']:<12}{eps:>9}{r['heldout_loss']:>15.4f}{pii:>16}{rate:>24}{tok:>15}"
                      f"{r['train_seconds']:>9.0f}")
     return "\n".join(lines)
 
@@ -91,8 +97,10 @@ def dp_main(results: Path) -> int:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     names = [f"{r['mode']}\neps={r['epsilon']:.1f}" if r["epsilon"] is not None else r["mode"] for r in rows]
-    axes[0].bar(names, [r["pii_extraction_rate"] or 0 for r in rows], color=["C3", "C1", "C2"][: len(rows)])
-    axes[0].set_title("PII extraction rate (greedy, from prefix)")
+    rates = [r["pii_extraction_rate"] or 0 for r in rows]
+    axes[0].bar(names, rates, color=["C3", "C1", "C2"][: len(rows)], capsize=4,
+                yerr=_yerr(rates, [r.get("pii_extraction_ci") for r in rows]))
+    axes[0].set_title("PII extraction rate (greedy, from prefix; 95% CI)")
     axes[1].bar(names, [r["pii_token_accuracy"] or 0 for r in rows], color=["C3", "C1", "C2"][: len(rows)])
     axes[1].set_title("PII token accuracy (teacher-forced)")
     axes[2].bar(names, [r["heldout_loss"] for r in rows], color=["C3", "C1", "C2"][: len(rows)])
@@ -103,9 +111,82 @@ def dp_main(results: Path) -> int:
     return 0
 
 
+def audit_table(folder: Path) -> list[dict]:
+    """One row per audit.json under `folder` (python -m privlm.audit run), strongest privacy last."""
+    rows = []
+    for f in sorted(folder.glob("**/audit.json")):
+        a = json.loads(f.read_text())
+        rows.append({"audit": str(f.parent), "mode": a.get("mode"), **{k: a.get(k) for k in (
+            "epsilon_lower_bound", "epsilon_upper_bound", "delta", "confidence", "num_canaries", "num_guesses",
+            "num_correct", "auc", "auc_ci", "tpr_at_fpr", "attack")}})
+    return sorted(rows, key=lambda r: -(r["epsilon_upper_bound"] or float("inf")))
+
+
+def format_audit_table(rows: list[dict]) -> str:
+    lines = [f"{'run':<24}{'eps_lb':>8}{'eps_ub':>8}{'right/guesses':>15}{'AUC [95% CI]':>24}"
+             f"{'TPR@1%FPR [95% CI]':>24}"]
+    for r in rows:
+        ub = "inf" if r["epsilon_upper_bound"] is None else f"{r['epsilon_upper_bound']:.2f}"
+        t1 = next((t for t in r["tpr_at_fpr"] or [] if t["fpr"] == 0.01), None)
+        lines.append(f"{Path(r['audit']).name[:23]:<24}{r['epsilon_lower_bound']:>8.2f}{ub:>8}"
+                     f"{str(r['num_correct']) + '/' + str(r['num_guesses']):>15}{fmt(r['auc'], r['auc_ci']):>24}"
+                     f"{fmt(t1['tpr'], t1['ci']) if t1 else '-':>24}")
+    return "\n".join(lines)
+
+
+def audit_main(folder: Path) -> int:
+    """The audit table (printed, audit_table.json) and one figure: eps_lb next to eps_ub, AUC with its interval,
+    and every run's ROC curve."""
+    import numpy as np
+
+    from .mia.metrics import roc_curve
+    from .plots import pyplot, save
+
+    rows = audit_table(folder)
+    if not rows:
+        print(f"error: no audit.json under {folder}", file=sys.stderr)
+        return 2
+    atomic_write_json(folder / "audit_table.json", rows)
+    print("\n" + format_audit_table(rows))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    names = [Path(r["audit"]).name for r in rows]
+    x = np.arange(len(rows))
+    axes[0].bar(x - 0.2, [r["epsilon_lower_bound"] for r in rows], 0.4, label="eps lower bound (audit)")
+    ub = [r["epsilon_upper_bound"] for r in rows]
+    axes[0].bar(x + 0.2, [u if u is not None else 0 for u in ub], 0.4, label="eps upper bound (accountant)")
+    for i, u in enumerate(ub):
+        if u is None:
+            axes[0].text(i + 0.2, 0.05, "inf", ha="center", fontsize=8)
+    axes[0].set_xticks(x, names, fontsize=8)
+    axes[0].legend(fontsize=7)
+    aucs = [r["auc"] for r in rows]
+    axes[1].bar(x, aucs, yerr=_yerr(aucs, [r["auc_ci"] for r in rows]), capsize=4, color="C2")
+    axes[1].axhline(0.5, ls=":", color="grey")
+    axes[1].set_xticks(x, names, fontsize=8)
+    axes[1].set_title("MIA AUC on the canaries (95% CI)")
+    for r, name in zip(rows, names):
+        f = Path(r["audit"]) / "scores.json"
+        if f.is_file():
+            sc = json.loads(f.read_text())
+            s, m = np.asarray(sc["scores"]), np.asarray(sc["members"], dtype=bool)
+            fpr, tpr = roc_curve(s[m], s[~m])
+            axes[2].plot(fpr, tpr, label=name)
+    axes[2].plot([0, 1], [0, 1], ":", color="grey")
+    axes[2].set_xscale("symlog", linthresh=0.01)
+    axes[2].set_title("ROC")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, folder / "audit_table.png")
+    print(f"[privlm] {folder / 'audit_table.json'}, {folder / 'audit_table.png'}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "dp":
         return dp_main(Path(argv[1] if len(argv) > 1 else "results"))
+    if argv and argv[0] == "audit":
+        return audit_main(Path(argv[1] if len(argv) > 1 else "results/audit_demo"))
     results = Path(argv[0] if argv else "results")
     rows = collect(results)
     buf = io.StringIO()

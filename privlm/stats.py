@@ -105,9 +105,9 @@ def roc_with_ci(members, nonmembers, fprs=(0.01, 0.1), confidence: float = CONFI
 
 
 def fmt(value, ci, digits: int = 3) -> str:
-    """'0.812 [0.74, 0.87]' for tables; a dash for a missing value."""
+    """'0.812 [0.740, 0.870]' for tables; a dash for a missing value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if not ci:
         return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} [{ci[0]:.{max(digits - 1, 2)}f}, {ci[1]:.{max(digits - 1, 2)}f}]"
+    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"

@@ -169,3 +169,11 @@ def test_help_shows_one_training_block_with_aliases():
         assert "--per_device_train_batch_size PER_DEVICE_TRAIN_BATCH_SIZE, --batch_size" in block
         blocks.append(re.findall(r"^  (--\S+)", block, re.M))
     assert blocks[0] == blocks[1] == blocks[2], "the same flags in the same order for every training script"
+
+
+def test_seed_fingerprinting_flag_spellings_are_aliases():
+    """Seed 000's README spells --use_prompt_augmentation; the scalable successor's --max_num_fingerprints."""
+    import finetune_multigpu as ft
+
+    cfg = C.parse(ft.FinetuneConfig, ["--use_prompt_augmentation", "--max_num_fingerprints", "1024"])
+    assert cfg.use_augmentation_prompts is True and cfg.num_fingerprints == 1024

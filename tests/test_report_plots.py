@@ -49,7 +49,7 @@ def test_dp_table_orders_modes_and_prints_their_numbers(tmp_path, capsys):
     assert report.main(["dp", str(res)]) == 0
     out = capsys.readouterr().out
     lines = [line.split() for line in out.splitlines() if line.startswith(("undefended", "scrubbed", "dp "))]
-    assert lines[0][:4] == ["undefended", "inf", "2.1700", "3/182"]
+    assert lines[0][:7] == ["undefended", "inf", "2.1700", "3/182", "0.016", "[0.003,", "0.047]"]  # Clopper-Pearson
     assert lines[2][:4] == ["dp", "8.00", "4.0300", "0/182"]
     assert json.loads((res / "dp_table.json").read_text()) == rows and (res / "dp_table.png").stat().st_size > 0
     # a corpus without ground-truth PII (ECHR, Enron): dashes, not zeros
@@ -59,7 +59,28 @@ def test_dp_table_orders_modes_and_prints_their_numbers(tmp_path, capsys):
                                                          "token_accuracy": None, "by_type": {}}}})
     table = report.format_dp_table(report.dp_table(res))
     (row,) = [line.split() for line in table.splitlines() if line.split()[2:3] == ["1.5000"]]
-    assert row == ["undefended", "inf", "1.5000", "-", "-", "5"]
+    assert row == ["undefended", "inf", "1.5000", "-", "-", "-", "5"]
+
+
+def test_audit_table_puts_bounds_and_intervals_side_by_side(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name, lb, ub, auc in (("undefended", 1.7, None, 0.81), ("dp2", 0.0, 1.99, 0.51)):
+        d = tmp_path / name
+        write(d / "audit.json", {"mode": "dp" if ub else "undefended", "epsilon_lower_bound": lb,
+                                 "epsilon_upper_bound": ub, "delta": 1e-3, "confidence": 0.95, "num_canaries": 100,
+                                 "num_guesses": 50, "num_correct": 40, "auc": auc, "auc_ci": [auc - 0.05, auc + 0.05],
+                                 "tpr_at_fpr": [{"fpr": 0.01, "tpr": 0.1, "ci": [0.02, 0.2]}], "attack": "loss"})
+        write(d / "scores.json", {"scores": rng.normal(size=100).tolist(), "members": [i % 2 == 0 for i in range(100)]})
+    assert report.main(["audit", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("undefended", "dp2"))]
+    assert rows[0][:4] == ["undefended", "1.70", "inf", "40/50"] and rows[0][4:7] == ["0.810", "[0.760,", "0.860]"]
+    assert rows[1][:3] == ["dp2", "0.00", "1.99"]
+    assert (tmp_path / "audit_table.png").stat().st_size > 0
+    assert len(json.loads((tmp_path / "audit_table.json").read_text())) == 2
+    assert report.main(["audit", str(tmp_path / "nothing")]) == 2
 
 
 def test_retention_figure_draws_each_template_and_utility():

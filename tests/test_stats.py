@@ -65,4 +65,4 @@ def test_tpr_at_fpr_agrees_with_the_roc_curve_and_has_an_interval():
 def test_degenerate_inputs_give_no_interval_or_a_point():
     assert stats.wilson(0, 0) is None and stats.auc_ci([1.0], [0.0, 1.0]) is None
     assert stats.mean_ci([1.0, 1.0, 1.0]) == [1.0, 1.0]
-    assert stats.fmt(0.5, [0.4, 0.6]) == "0.500 [0.40, 0.60]" and stats.fmt(None, None) == "-"
+    assert stats.fmt(0.5, [0.4, 0.6]) == "0.500 [0.400, 0.600]" and stats.fmt(None, None) == "-"

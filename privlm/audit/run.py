@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
         "training_run": str(out / "train"), "figure": str(out / "roc.png"),
     }
     _roc_png(scores[member], scores[~member], report, out / "roc.png")
+    atomic_write_json(out / "scores.json", {"attack": a.attack, "scores": scores.tolist(), "members": member.tolist()},
+                      indent=None)
     atomic_write_json(out / "audit.json", report)
     ub = report["epsilon_upper_bound"]
     print(f"[privlm] audit: eps_lb {report['epsilon_lower_bound']:.3f} (eps_ub "
