@@ -26,6 +26,7 @@ from privlm.mia.scoring import score_texts
 from privlm.mosaic import canaries as canary_lib
 from privlm.mosaic import figures
 from privlm.mosaic.inject import exact_count
+from privlm.mosaic.rho import bootstrap_aucs
 
 
 @dataclass
@@ -106,6 +107,10 @@ def main(argv=None) -> dict:
     for name, e in result["attacks"].items():
         row = [e["all"]] + [e["groups"][lb] for lb in groups]
         print("  " + f"{name:<10}" + "".join(f"{r['auc']:>8.3f} ({r['tpr@0.01fpr']:.2f})" for r in row))
+    print("  95% intervals of the AUCs (bootstrap over canaries):")
+    for name, e in result["attacks"].items():
+        row = [e["all"]] + [e["groups"][lb] for lb in groups]
+        print("  " + f"{name:<10}" + "".join(f"{_ci(r['auc_ci']):>14}" for r in row))
     if groups and cfg.rho_attack in result["attacks"]:
         g = result["attacks"][cfg.rho_attack]["groups"]
         exact = {str(exact_count(lb)): r["auc"] for lb, r in g.items() if exact_count(lb) is not None}
@@ -114,8 +119,21 @@ def main(argv=None) -> dict:
             atomic_write_json(out.parent / f"{out.stem}_exact.json", exact)
         if variants:
             atomic_write_json(out.parent / f"{out.stem}_variants.json", variants)
+        if exact and variants:  # the rho step's rho_ci: every group's AUC redrawn over canaries, replicate by replicate
+            s = result["scores"][cfg.rho_attack]
+            m = np.asarray(s["members"])
+            boot = bootstrap_aucs({lb: m[np.isin(member_ids, gids)] for lb, gids in groups.items()},
+                                  np.asarray(s["nonmembers"]))
+            atomic_write_json(out.parent / f"{out.stem}_bootstrap.json",
+                              {"attack": cfg.rho_attack, "variants": {lb: boot[lb] for lb in variants},
+                               "exact": {str(exact_count(lb)): boot[lb] for lb in groups
+                                         if exact_count(lb) is not None}}, indent=None)
     print(f"[mosaic] wrote {out} and {out.with_suffix('.roc.png')}")
     return result
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
 
 
 if __name__ == "__main__":

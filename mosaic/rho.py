@@ -4,7 +4,10 @@
         --output results/mosaic/rho.json
 
 E maps repetition count to AUC ({"1": 0.61, ..., "10": 0.96}); V maps a label to an AUC. The output maps each
-label to {"auc", "nu_eq", "rho", "method"}; a PNG of rho vs the variation parameter goes next to it.
+label to {"auc", "nu_eq", "rho", "method", "rho_ci", "auc_ci"}; a PNG of rho vs the variation parameter (with the
+intervals) goes next to it. The 95% intervals come from the mia step's bootstrap replicates (`--bootstrap`, by
+default <stem>_bootstrap.json beside --exact): every group's AUC redrawn over canaries, and rho recomputed per
+replicate; without that file the intervals are null and the step says so.
 """
 from __future__ import annotations
 
@@ -12,11 +15,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from privlm import config as C
 from privlm.errors import UserError, cli
 from privlm.io import atomic_write_json, read_json, refuse_existing
 from privlm.mosaic import figures
-from privlm.mosaic.rho import rho_table, smoothed_curve
+from privlm.mosaic.rho import rho_ci, rho_table, smoothed_curve
+from privlm.stats import fmt
 
 
 @dataclass
@@ -24,6 +30,7 @@ class RhoConfig:
     exact: str = C.field("results/mosaic/mia_exact.json", help="JSON: repetition count -> AUC")
     variants: str = C.field("results/mosaic/mia_variants.json", help="JSON: label -> AUC")
     output: str = C.field("results/mosaic/rho.json", hash=False)
+    bootstrap: str | None = C.field(None, help="the mia step's bootstrap replicates (default: beside --exact)")
     overwrite: bool = C.field(True, hash=False)
 
 
@@ -35,6 +42,25 @@ def main(argv=None) -> dict:
         if not isinstance(obj, dict) or not obj:
             raise UserError(f"{name}: expected a non-empty JSON object")
     table = rho_table(exact, variants)
+    exact_path = str(cfg.exact)
+    boot_file = Path(cfg.bootstrap) if cfg.bootstrap else (
+        Path(exact_path[:-len("_exact.json")] + "_bootstrap.json") if exact_path.endswith("_exact.json") else None)
+    if cfg.bootstrap and not boot_file.is_file():
+        raise UserError(f"--bootstrap {boot_file}: no such file")
+    if boot_file is not None and boot_file.is_file():
+        boot = read_json(boot_file, "bootstrap replicates")
+        if not isinstance(boot, dict) or not {"exact", "variants"} <= set(boot):
+            raise UserError(f"{boot_file}: not the mia step's bootstrap replicates (needs exact and variants)")
+        cis = rho_ci(boot["exact"], boot["variants"])
+        a = 0.025
+        for label, r in table.items():
+            reps = boot["variants"].get(label)
+            r["rho_ci"] = cis.get(label)
+            r["auc_ci"] = [float(np.quantile(reps, a)), float(np.quantile(reps, 1 - a))] if reps else None
+    else:
+        print("[mosaic] no bootstrap replicates (the mia step writes <stem>_bootstrap.json): rho without intervals")
+        for r in table.values():
+            r["rho_ci"] = r["auc_ci"] = None
     refuse_existing(cfg.output, cfg.overwrite)
     out = Path(cfg.output)
     atomic_write_json(out, table)
@@ -42,11 +68,10 @@ def main(argv=None) -> dict:
     figures.auc_vs_reps_png(exact, smoothed_curve(exact), out.with_name(out.stem + "_exact.png"))
     print(f"[mosaic] n_max = {max(int(k) for k in exact)}; exact AUCs: "
           + ", ".join(f"{k}: {float(v):.3f}" for k, v in sorted(exact.items(), key=lambda kv: int(kv[0]))))
-    print(f"  {'label':<16}{'AUC':>8}{'nu_eq':>8}{'rho':>8}  method")
+    print(f"  {'label':<16}{'AUC [95% CI]':>22}{'nu_eq':>8}{'rho [95% CI]':>24}  method")
     for label, r in table.items():
         nu = "-" if r["nu_eq"] is None else f"{r['nu_eq']:.2f}"
-        rho = "-" if r["rho"] is None else f"{r['rho']:.3f}"
-        print(f"  {label:<16}{r['auc']:>8.3f}{nu:>8}{rho:>8}  {r['method']}")
+        print(f"  {label:<16}{fmt(r['auc'], r['auc_ci']):>22}{nu:>8}{fmt(r['rho'], r['rho_ci']):>24}  {r['method']}")
     print(f"[mosaic] wrote {out} and {out.with_suffix('.png')}")
     return table
 

@@ -60,6 +60,11 @@ def rho_png(rho: dict, path) -> Path:
     for key, ax, ylabel in (("rho", axes[0], "rho"), ("auc", axes[1], "MIA AUC")):
         for name, pts in series({k: v[key] for k, v in rho.items()}).items():
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+        for label, v in rho.items():  # the 95% intervals where the rho step had bootstrap replicates
+            s, ci = split_label(label), v.get(f"{key}_ci")
+            if s and ci and v[key] is not None:
+                ax.errorbar([s[1]], [v[key]], yerr=[[v[key] - ci[0]], [ci[1] - v[key]]], color="k", capsize=3,
+                            lw=0.8)
         ax.set(xlabel="variation parameter (tokens replaced R, inserted X, or tau)", ylabel=ylabel)
         ax.legend(fontsize=8)
     axes[0].axhline(0, color="k", lw=0.5)

@@ -79,3 +79,36 @@ def rho_table(exact: dict, variants: dict) -> dict:
 def smoothed_curve(exact: dict) -> dict:
     counts, aucs = parse_exact(exact)
     return {str(int(c)): float(v) for c, v in zip(counts, np.maximum.accumulate(smooth(aucs)))}
+
+
+def bootstrap_aucs(members: dict[str, np.ndarray], nonmembers: np.ndarray, resamples: int = 1000,
+                   seed: int = 0) -> dict[str, list[float]]:
+    """AUC of every group in `resamples` bootstrap replicates over canaries: each group's members resampled on their
+    own, the shared non-members resampled once per replicate (every group of a replicate sees the same ones)."""
+    from ..stats import auc
+
+    rng = np.random.default_rng(seed)
+    n = np.asarray(nonmembers, dtype=float)
+    nb = n[rng.integers(0, len(n), (resamples, len(n)))]
+    out = {}
+    for label, m in members.items():
+        m = np.asarray(m, dtype=float)
+        mb = m[rng.integers(0, len(m), (resamples, len(m)))]
+        out[label] = auc(mb, nb).tolist()
+    return out
+
+
+def rho_ci(exact_boot: dict[str, list[float]], variant_boot: dict[str, list[float]],
+           confidence: float = 0.95) -> dict[str, list[float] | None]:
+    """Percentile interval of each variant's rho over the bootstrap replicates (the whole curve and the variant's AUC
+    redrawn together); None where fewer than half the replicates give a finite rho."""
+    b = len(next(iter(exact_boot.values())))
+    per: dict[str, list[float]] = {label: [] for label in variant_boot}
+    for i in range(b):
+        table = rho_table({k: v[i] for k, v in exact_boot.items()}, {k: v[i] for k, v in variant_boot.items()})
+        for label, r in table.items():
+            if r["rho"] is not None:
+                per[label].append(r["rho"])
+    a = (1 - confidence) / 2
+    return {label: [float(np.quantile(v, a)), float(np.quantile(v, 1 - a))] if len(v) >= b / 2 else None
+            for label, v in per.items()}

@@ -70,13 +70,19 @@ def test_pipeline_variations_inject_train_mia(canaries, tiny_model_dir, tmp_path
     for e in res["attacks"].values():
         assert 0 <= e["all"]["auc"] <= 1 and set(e["groups"]) == {"exact_1", "exact_3", "random_R3"}
         assert {"tpr@0.001fpr", "tpr@0.01fpr", "tpr@0.1fpr"} <= set(e["all"])
+        for r in [e["all"], *e["groups"].values()]:  # every AUC and TPR with its 95% interval
+            assert r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1] and all(t["ci"] for t in r["tpr_at_fpr"])
     exact = json.loads((tmp_path / "mia_exact.json").read_text())
     assert set(exact) == {"1", "3"} and exact["3"] == res["attacks"]["ratio"]["groups"]["exact_3"]["auc"]
     assert (tmp_path / "mia.roc.png").stat().st_size > 0
     proc = run_mosaic("rho", "--exact", tmp_path / "mia_exact.json", "--variants", tmp_path / "mia_variants.json",
                       "--output", tmp_path / "rho.json")
     assert proc.returncode == 0, proc.stderr
-    assert "random_R3" in json.loads((tmp_path / "rho.json").read_text())
+    rho = json.loads((tmp_path / "rho.json").read_text())["random_R3"]
+    boot = json.loads((tmp_path / "mia_bootstrap.json").read_text())  # the replicates rho_ci comes from
+    assert set(boot["exact"]) == {"1", "3"} and len(boot["variants"]["random_R3"]) == 1000
+    assert rho["auc_ci"][0] <= rho["auc"] <= rho["auc_ci"][1]
+    assert rho["rho"] is None or rho["rho_ci"] is None or rho["rho_ci"][0] <= rho["rho_ci"][1]
     proc = run_mosaic("plot", "--mia", out, "--rho", tmp_path / "rho.json", "--output_dir", tmp_path / "fig")
     assert proc.returncode == 0 and (tmp_path / "fig" / "roc.png").is_file() and (tmp_path / "fig" / "rho.png").is_file()
 
