@@ -251,16 +251,20 @@ def load_records(spec: str, split: str = "train") -> list[dict]:
     corpus (`synthetic` or `synthetic:N`), or a hub dataset name when online."""
     import pandas as pd
 
-    if spec.startswith("synthetic"):  # synthetic[:N[:seed]]
+    if spec.startswith("synthetic"):  # synthetic[:N[:seed[:people]]]
         from .dp.synthetic import records
 
         parts = spec.split(":")
         try:
             n = int(parts[1]) if len(parts) > 1 else 512
             seed = int(parts[2]) if len(parts) > 2 else 0
+            people = int(parts[3]) if len(parts) > 3 else None
+            if n < 1 or (people is not None and not 1 <= people <= n):
+                raise ValueError
         except ValueError:
-            raise UserError(f"dataset {spec}: expected synthetic, synthetic:N or synthetic:N:seed") from None
-        return records(n, seed)
+            raise UserError(f"dataset {spec}: expected synthetic, synthetic:N, synthetic:N:seed or "
+                            "synthetic:N:seed:people (1 <= people <= N)") from None
+        return records(n, seed, people)
     if spec in ECHR_NAMES or spec in ENRON_NAMES:
         return _local_export(spec, split)
     p = _find_local(spec)

@@ -65,3 +65,20 @@ def test_templated_dataset_draws_per_epoch_deterministically(tiny):
     ds2 = data.TemplatedDataset(tok, [("apple river", "bridge")] * 30, templates, False, 8, 4, seed=1)
     ds2.set_epoch(1)
     assert [ds2[i].prompt for i in range(30)] == second
+
+
+def test_synthetic_corpus_can_repeat_people_across_records():
+    """synthetic:N:seed:people: a person's name, address, e-mail and phone recur in every Nth record (as real case
+    files repeat them); dates and companies change; without `people` the corpus is as it always was."""
+    from privlm import data
+    from privlm.errors import UserError
+
+    plain, rep = data.load_records("synthetic:12:3"), data.load_records("synthetic:12:3:4")
+    assert [r["text"] for r in plain[:4]] == [r["text"] for r in rep[:4]]  # the same stream
+    for i in range(4, 12):
+        for k in ("name", "address", "email", "phone"):
+            assert rep[i]["pii"][k] == rep[i % 4]["pii"][k] and rep[i]["pii"][k] in rep[i]["text"]
+    assert len({r["pii"]["date"] for r in rep}) > 4 and len({r["pii"]["name"] for r in plain}) == 12
+    for bad in ("synthetic:12:3:0", "synthetic:12:3:13", "synthetic:x"):
+        with pytest.raises(UserError, match="people"):
+            data.load_records(bad)
