@@ -18,6 +18,16 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from privlm.testing import build_model, build_tokenizer  # noqa: E402  (shared with the benchmarks)
 
+# pytest-xdist workers share the machine's cores: each worker (and what it launches) gets its share, or two workers'
+# torch thread pools oversubscribe the cores and everything slows down several times over
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", THREADS)
+    import torch  # noqa: E402
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
@@ -47,6 +57,15 @@ def write_fingerprints(path: Path, n: int, seed: int = 0, key_words: int = 4, re
 
 
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def config_class(module):
+    """The one *Config class an entry module parses: its own, else the one it imports from its pipeline module."""
+    classes = [v for k, v in vars(module).items() if k.endswith("Config") and isinstance(v, type)]
+    own = [v for v in classes if v.__module__ == module.__name__]
+    classes = own or classes
+    assert len(classes) == 1, f"{module.__name__}: expected one *Config class, found {classes}"
+    return classes[0]
 
 
 def child_env(**extra) -> dict:

@@ -10,7 +10,7 @@ import shlex
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, config_class
 from privlm import config as C
 from privlm.errors import UserError
 
@@ -95,6 +95,8 @@ def target(cmd: list[str]) -> tuple[str, list[str]] | None:
         return None
     if rest[:2] == ["-m", "mosaic"] and len(rest) > 2:
         return (f"mosaic.{rest[2]}", rest[3:]) if "<" not in rest[2] else None
+    if rest[:3] == ["-m", "privlm.audit", "run"]:
+        return "privlm.audit.run", rest[3:]
     if rest[:1] == ["-m"]:
         return None  # python -m privlm.report and the like take plain arguments
     if rest and rest[0].endswith(".py"):
@@ -104,14 +106,6 @@ def target(cmd: list[str]) -> tuple[str, list[str]] | None:
             return None
         return script[:-3].replace("/", "."), rest[1:]
     return None
-
-
-def config_class(module):
-    classes = [v for k, v in vars(module).items() if k.endswith("Config") and isinstance(v, type)]
-    own = [v for v in classes if v.__module__ == module.__name__]  # else the one its pipeline module defines
-    classes = own or classes
-    assert len(classes) == 1, f"{module.__name__}: expected one *Config class, found {classes}"
-    return classes[0]
 
 
 def named_files(args: list[str]) -> list[str]:
@@ -150,7 +144,7 @@ def test_command_lines_parse_and_name_existing_files(source, lines, monkeypatch)
                 continue
             module, args = t
             mod = importlib.import_module(module)
-            extra = getattr(mod, "report_args", None)
+            extra = getattr(mod, "report_args", None) or getattr(mod, "audit_args", None)
             try:
                 C.parse(config_class(mod), args, extra_args=extra)
             except UserError as e:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, config_class
 from privlm import config as C
 from privlm.errors import UserError
 
@@ -78,6 +78,9 @@ def _script_for(yml: Path) -> str:
     m = re.search(r"launch:.*?(?:-m|--module) mosaic (\w+)", text)
     if m:
         return f"mosaic.{m.group(1)}.py"
+    m = re.search(r"launch:.*?-m privlm\.audit (\w+)", text)
+    if m:
+        return f"privlm.audit.{m.group(1)}.py"
     m = re.search(r"launch:.*?(\w+\.py)", text)
     assert m, f"{yml} must open with its launch command"
     return m.group(1)
@@ -90,9 +93,7 @@ def test_every_shipped_config_parses(yml):
     script = _script_for(yml)
     assert yml.read_text().startswith("#"), "configs open with a comment on their purpose"
     module = importlib.import_module(script[:-3])
-    cls = next(v for k, v in vars(module).items() if k.endswith("Config") and isinstance(v, type)
-               and v.__module__ == module.__name__)
-    cfg = C.parse(cls, ["--config", str(yml)])
+    cfg = C.parse(config_class(module), ["--config", str(yml)])
     assert cfg.explicit, "the config sets something"
 
 
@@ -159,7 +160,7 @@ def test_help_shows_one_training_block_with_aliases():
     blocks = []
     for name in ("finetune_multigpu", "dp_finetune", "mosaic.train"):
         mod = importlib.import_module(name)
-        cls = next(v for k, v in vars(mod).items() if k.endswith("Config") and v.__module__ == mod.__name__)
+        cls = config_class(mod)
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
             C.parse(cls, ["--help"])

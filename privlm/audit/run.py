@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import config as C
 from .. import models, stats
+from ..dp.finetune import DPFinetuneConfig  # noqa: F401 (the config this entry point parses; tests find it here)
 from ..errors import UserError
 from ..io import atomic_write_json, atomic_write_text
 from . import bound
@@ -104,7 +105,7 @@ def load_or_make_canaries(path: Path, cfg, a) -> tuple[list[dict], bool]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ..dp.finetune import DPFinetuneConfig, front_door, load_data, load_trained, logical_batch, run
+    from ..dp.finetune import front_door, load_data, load_trained, logical_batch, run
     from ..training import is_main
 
     cfg, a = C.parse(DPFinetuneConfig, argv, __doc__, extra_args=audit_args)
