@@ -28,6 +28,8 @@ def bound_main(argv: list[str]) -> dict:
 @cli
 def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
+    # `deepspeed --module privlm.audit run ...` puts --local_rank=N first; the rank is in the environment too
+    argv = [x for x in argv if not x.startswith("--local_rank")]
     if not argv or argv[0] not in ("run", "bound"):
         raise UserError("usage: python -m privlm.audit run|bound [options] (see --help of each)")
     if argv[0] == "bound":

@@ -13,7 +13,6 @@ Layout: <audit dir>/canaries.jsonl (texts and coins: the auditor's secret, kept 
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -91,38 +90,51 @@ def make_canaries(cfg, a, rng: np.random.Generator) -> list[dict]:
     return [{"id": i, "text": t, "member": bool(c)} for i, (t, c) in enumerate(zip(texts, coins))]
 
 
-def load_or_make_canaries(path: Path, cfg, a) -> tuple[list[dict], bool]:
-    """(canaries, new?): a resumed audit keeps its canaries and coins; a new one draws them from the OS's secure
-    source (or from the config seed under --reproducible_noise)."""
-    if path.is_file():
+def load_or_make_canaries(path: Path, cfg, a, fresh: bool) -> tuple[list[dict], bool]:
+    """(canaries, new?): a resumed audit keeps its canaries and coins; a new one (or `fresh`) draws them from the
+    OS's secure source, rank 0's draw shared with the other ranks in memory (or from the config seed under
+    --reproducible_noise)."""
+    if path.is_file() and not fresh:
         rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
         if len(rows) != a.num_canaries:
             raise UserError(f"{path} holds {len(rows)} canaries, not --num_canaries {a.num_canaries}; use another "
                             "--output_dir")
         return rows, False
-    seed = cfg.trainer_args.seed if cfg.privacy.reproducible_noise else secrets.randbits(63)
+    if cfg.privacy.reproducible_noise:
+        seed = cfg.trainer_args.seed
+    else:
+        from ..dp.randomness import shared_secret
+
+        seed = shared_secret()
     return make_canaries(cfg, a, np.random.default_rng(seed)), True
 
 
 def main(argv: list[str] | None = None) -> dict:
     from ..dp.finetune import front_door, load_data, load_trained, logical_batch, run
-    from ..training import is_main
+    import os
+
+    from ..training import barrier, init_distributed, is_main
 
     cfg, a = C.parse(DPFinetuneConfig, argv, __doc__, extra_args=audit_args)
     validate(cfg, a)
     out = audit_dir(cfg, a)
-    if cfg.trainer_args.overwrite_output_dir and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    canaries, new = load_or_make_canaries(out / "canaries.jsonl", cfg, a)
+    overwrite = cfg.trainer_args.overwrite_output_dir
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched on several ranks: they share rank 0's secret coins
+        init_distributed()
+    canaries, new = load_or_make_canaries(out / "canaries.jsonl", cfg, a, fresh=overwrite)
     field = cfg.dataset.text_field
     planted = [{field: c["text"]} for c in canaries if c["member"] for _ in range(a.canary_repeats)]
     cfg.trainer_args.total_train_batch_size = logical_batch(cfg)
     front_door(cfg, len(load_data(cfg.dataset)[0]) + len(planted))  # refuse bad privacy settings before writing
-    if new:
+    if new and is_main():
+        if overwrite and out.exists():
+            import shutil
+
+            shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "canaries.jsonl", "".join(json.dumps(c) + "\n" for c in canaries))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        barrier()
     cfg.trainer_args.output_dir = str(out / "train")
     cfg.trainer_args.overwrite_output_dir = False
     metrics = run(cfg, extra_records=planted)

@@ -18,7 +18,7 @@ import torch
 class NoiseSource:
     def __init__(self, reproducible: bool, seed: int, device=None):
         self.kind = "seeded" if reproducible else "secure"
-        self._root = int(seed) if reproducible else _shared_secret(device)
+        self._root = int(seed) if reproducible else shared_secret(device)
 
     def seed(self, *key) -> int:
         """A 63-bit seed for one use, e.g. seed("noise", step, rank)."""
@@ -35,7 +35,7 @@ class NoiseSource:
         raise TypeError("a NoiseSource holds a secret and cannot be pickled or saved")
 
 
-def _shared_secret(device=None) -> int:
+def shared_secret(device=None) -> int:
     """rank 0's secure root, broadcast to every rank (all ranks must draw the same Poisson batches)."""
     import torch.distributed as dist
 
