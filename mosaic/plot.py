@@ -3,8 +3,8 @@
     python -m mosaic plot --mia results/mosaic/mia.json --rho results/mosaic/rho.json \
         --scan results/scan/scan.json --output_dir results/mosaic/figures
 
-Figures: ROC of every attack; AUC vs exact repetitions for every attack; AUC and rho vs the variation parameter;
-near-duplicate counts vs distance. Any input may be left out.
+Figures: ROC of every attack; AUC vs exact repetitions for every attack (95% bands); AUC and rho vs the variation
+parameter (95% intervals when the rho step had bootstrap replicates); near-duplicate counts vs distance. Any input may be left out.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from privlm import config as C
 from privlm.errors import UserError, cli
 from privlm.io import read_json
+from privlm import stats
 from privlm.mia import metrics
 from privlm.mosaic import figures
 from privlm.mosaic.inject import exact_count
@@ -41,15 +42,19 @@ def main(argv=None) -> list[Path]:
             raise UserError(f"{cfg.mia}: not an output of `python -m mosaic mia`")
         curves = {}
         for name, s in mia["scores"].items():
-            auc = metrics.roc(s["members"], s["nonmembers"])["auc"]
+            auc = float(stats.auc(s["members"], s["nonmembers"]))
             curves[name] = metrics.roc_curve(s["members"], s["nonmembers"]) + (auc,)
         made.append(figures.roc_png(curves, out / "roc.png", "ROC, all member canaries vs non-members"))
         plt = figures.pyplot()
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for name, e in mia["attacks"].items():
-            pts = sorted((exact_count(lb), r["auc"]) for lb, r in e["groups"].items() if exact_count(lb))
+            pts = sorted((exact_count(lb), r["auc"], r.get("auc_ci")) for lb, r in e["groups"].items()
+                         if exact_count(lb))
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+                line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+                if all(p[2] for p in pts):  # the 95% bootstrap intervals over canaries, as a band
+                    ax.fill_between([p[0] for p in pts], [p[2][0] for p in pts], [p[2][1] for p in pts],
+                                    color=line.get_color(), alpha=0.15, lw=0)
         if ax.lines:
             ax.set(xlabel="exact repetitions", ylabel="MIA AUC", title="AUC vs repetitions, per attack")
             ax.legend(fontsize=7)
