@@ -172,7 +172,8 @@ def audit_main(folder: Path) -> int:
             s, m = np.asarray(sc["scores"]), np.asarray(sc["members"], dtype=bool)
             fpr, tpr = roc_curve(s[m], s[~m])
             axes[2].plot(fpr, tpr, label=name)
-    axes[2].plot([0, 1], [0, 1], ":", color="grey")
+    chance = np.linspace(0, 1, 201)  # y = x, drawn point by point: the x axis is symlog
+    axes[2].plot(chance, chance, ":", color="grey")
     axes[2].set_xscale("symlog", linthresh=0.01)
     axes[2].set_title("ROC")
     axes[2].legend(fontsize=7)

@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = run(cfg, extra_records=planted)
     if not is_main():
         return {}
+    done = _finished(out, a)
+    if done is not None:
+        print(f"[privlm] audit already finished: {out / 'audit.json'} (eps_lb {done['epsilon_lower_bound']:.3f})")
+        return done
 
     tok = models.load_tokenizer(cfg.model.model_path)
     model = load_trained(cfg, out / "train" / "final_model")
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         "delta": delta, "confidence": a.confidence, "num_canaries": len(canaries),
         "num_members": int(member.sum()), "num_guesses": result["num_guesses"], "num_correct": result["num_correct"],
         "guess_grid": result["grid"], "confidence_per_grid_point": result["confidence_per_grid_point"],
-        "attack": a.attack, "auc": roc["auc"], "auc_ci": roc["auc_ci"], "tpr_at_fpr": roc["tpr_at_fpr"],
+        "attack": a.attack, "reference_model": a.reference_model, "auc": roc["auc"], "auc_ci": roc["auc_ci"], "tpr_at_fpr": roc["tpr_at_fpr"],
         "mode": metrics.get("mode"), "noise_source": metrics.get("noise_source"),
         "canary_kind": a.canary_kind, "canary_length": a.canary_length, "canary_repeats": a.canary_repeats,
         "training_run": str(out / "train"), "figure": str(out / "roc.png"),
@@ -178,6 +182,21 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def _finished(out: Path, a) -> dict | None:
+    """audit.json when it was made after the training run it audits, with the same attack, reference and
+    confidence (a finished audit is neither retrained nor rescored)."""
+    f, trained = out / "audit.json", out / "train" / "metrics.json"
+    if not (f.is_file() and trained.is_file()) or f.stat().st_mtime < trained.stat().st_mtime:
+        return None
+    try:
+        done = json.loads(f.read_text())
+    except json.JSONDecodeError:
+        return None
+    same = (done.get("attack"), done.get("reference_model"), done.get("confidence")) == \
+        (a.attack, a.reference_model, a.confidence)
+    return done if same else None
+
+
 def _roc_png(members, nonmembers, report: dict, path: Path):
     from ..mia.metrics import roc_curve
     from ..plots import pyplot, save
@@ -190,7 +209,8 @@ def _roc_png(members, nonmembers, report: dict, path: Path):
         if p["ci"]:
             ax.errorbar([p["fpr"]], [p["tpr"]], yerr=[[p["tpr"] - p["ci"][0]], [p["ci"][1] - p["tpr"]]], fmt="o",
                         color="k", capsize=3)
-    ax.plot([0, 1], [0, 1], ":", color="grey")
+    chance = np.linspace(0, 1, 201)  # y = x, drawn point by point: the x axis is symlog
+    ax.plot(chance, chance, ":", color="grey")
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")

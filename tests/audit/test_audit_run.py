@@ -47,6 +47,7 @@ def test_a_finished_audit_is_not_retrained(undefended):
     p = audit(*args)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "dp-sgd" not in p.stderr and "fine-tune:" not in p.stderr  # training skipped: the run is finished
+    assert "audit already finished" in p.stdout and "target:" not in p.stderr  # nor scored again
     assert json.loads((out / "audit.json").read_text())["epsilon_lower_bound"] == before["epsilon_lower_bound"]
 
 
