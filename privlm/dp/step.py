@@ -11,8 +11,8 @@ logical step, and the update is (sum over ranks of clipped sums + noise) / (q*N)
   whose reduction, partitioning and optimizer step do the rest. Under bf16/fp16 weights that gradient would be
   rounded to the weights' dtype on each rank before the reduce, so there the fp32 sums are all-reduced first and
   DeepSpeed averages identical tensors: one rounding, after the reduce and the noise.
-* ZeRO-3: no rank holds a whole weight or its gradient. Each layer's clipped sum is reduce-scattered (fp32) to the
-  shard owners as soon as it is book-kept; each rank adds its own independent N(0, sigma^2 C^2) to the shard it owns
+* ZeRO-3: no rank holds the model's whole gradient. Each layer's fp32 clipped sum exists in full only until it is
+  reduce-scattered to the shard owners, as soon as it is book-kept; each rank adds its own independent N(0, sigma^2 C^2) to the shard it owns
   and writes it into DeepSpeed's gradient partition (`safe_set_local_grad`), then the optimizer steps.
 """
 from __future__ import annotations
