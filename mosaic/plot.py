@@ -4,7 +4,8 @@
         --scan results/scan/scan.json --output_dir results/mosaic/figures
 
 Figures: ROC of every attack; AUC vs exact repetitions for every attack (95% bands); AUC and rho vs the variation
-parameter (95% intervals when the rho step had bootstrap replicates); near-duplicate counts vs distance. Any input may be left out.
+parameter (95% intervals when the rho step had bootstrap replicates); near-duplicate counts vs distance. Any input
+may be left out.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from pathlib import Path
 
 
 from privlm import config as C
+from privlm import stats
 from privlm.errors import UserError, cli
 from privlm.io import read_json
-from privlm import stats
 from privlm.mia import metrics
 from privlm.mosaic import figures
 from privlm.mosaic.inject import exact_count

@@ -15,13 +15,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from privlm import config as C
 from privlm.errors import UserError, cli
 from privlm.io import atomic_write_json, read_json, refuse_existing
 from privlm.mosaic import figures
-from privlm.mosaic.rho import rho_ci, rho_table, smoothed_curve
+from privlm.mosaic.rho import add_intervals, rho_table, smoothed_curve
 from privlm.stats import fmt
 
 
@@ -51,12 +49,7 @@ def main(argv=None) -> dict:
         boot = read_json(boot_file, "bootstrap replicates")
         if not isinstance(boot, dict) or not {"exact", "variants"} <= set(boot):
             raise UserError(f"{boot_file}: not the mia step's bootstrap replicates (needs exact and variants)")
-        cis = rho_ci(boot["exact"], boot["variants"])
-        a = 0.025
-        for label, r in table.items():
-            reps = boot["variants"].get(label)
-            r["rho_ci"] = cis.get(label)
-            r["auc_ci"] = [float(np.quantile(reps, a)), float(np.quantile(reps, 1 - a))] if reps else None
+        add_intervals(table, boot)
     else:
         print("[mosaic] no bootstrap replicates (the mia step writes <stem>_bootstrap.json): rho without intervals")
         for r in table.values():

@@ -42,7 +42,7 @@ def retention_figure(report: dict):
         vals = [t["retention"] for t in r["templates"]]
         xs = [x + j for j in range(len(vals))]
         ax.bar(xs, vals, color=f"C{i}", label=f"{name} (mean {r['retention']:.2f})",
-               yerr=_yerr(vals, [t.get("retention_ci") for t in r["templates"]]), capsize=2,
+               yerr=yerr(vals, [t.get("retention_ci") for t in r["templates"]]), capsize=2,
                error_kw={"elinewidth": 0.8})
         x += len(vals) + 1
     ax.set_ylim(0, 1.05)
@@ -62,8 +62,8 @@ def retention_figure(report: dict):
             ci_b.append(b.get("acc_ci"))
             ci_a.append(m.get("acc_ci"))
         xs = range(len(labels))
-        ax.bar([i - 0.2 for i in xs], before, 0.4, label="base", yerr=_yerr(before, ci_b), capsize=3)
-        ax.bar([i + 0.2 for i in xs], after, 0.4, label="fingerprinted", yerr=_yerr(after, ci_a), capsize=3)
+        ax.bar([i - 0.2 for i in xs], before, 0.4, label="base", yerr=yerr(before, ci_b), capsize=3)
+        ax.bar([i + 0.2 for i in xs], after, 0.4, label="fingerprinted", yerr=yerr(after, ci_a), capsize=3)
         ax.set_xticks(list(xs), labels)
         ax.set_ylim(0, 1)
         ax.set_title(f"utility; held-out ppl {u['base']['heldout_perplexity']:.1f} -> "
@@ -73,8 +73,27 @@ def retention_figure(report: dict):
     return fig
 
 
-def _yerr(values, cis):
+def yerr(values, cis):
     """matplotlib's asymmetric error bars from [low, high] intervals (none drawn where an interval is missing)."""
     lo = [v - c[0] if c else 0.0 for v, c in zip(values, cis)]
     hi = [c[1] - v if c else 0.0 for v, c in zip(values, cis)]
     return [lo, hi]
+
+
+def roc_panel(ax, curves: dict, points: list[dict] | None = None):
+    """ROC curves {label: (members' scores, non-members' scores)} on a symlog FPR axis (the low-FPR end visible),
+    the chance line, and optional TPR-at-FPR points [{fpr, tpr, ci}] with their intervals."""
+    import numpy as np
+
+    from .mia.metrics import roc_curve
+
+    for label, (members, nonmembers) in curves.items():
+        ax.plot(*roc_curve(members, nonmembers), label=label)
+    for p in points or []:
+        if p["ci"]:
+            ax.errorbar([p["fpr"]], [p["tpr"]], yerr=yerr([p["tpr"]], [p["ci"]]), fmt="o", color="k", capsize=3)
+    chance = np.linspace(0, 1, 201)  # y = x, drawn point by point: the x axis is symlog
+    ax.plot(chance, chance, ":", color="grey")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate")
+    ax.legend(fontsize=7, loc="lower right")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .io import atomic_write_json, atomic_write_text
-from .plots import _yerr
+from .plots import yerr
 from .stats import clopper_pearson, fmt
 
 COLUMNS = ["run_hash", "model_path", "num_fingerprints", "max_key_length", "max_response_length",
@@ -99,7 +99,7 @@ def dp_main(results: Path) -> int:
     names = [f"{r['mode']}\neps={r['epsilon']:.1f}" if r["epsilon"] is not None else r["mode"] for r in rows]
     rates = [r["pii_extraction_rate"] or 0 for r in rows]
     axes[0].bar(names, rates, color=["C3", "C1", "C2"][: len(rows)], capsize=4,
-                yerr=_yerr(rates, [r.get("pii_extraction_ci") for r in rows]))
+                yerr=yerr(rates, [r.get("pii_extraction_ci") for r in rows]))
     axes[0].set_title("PII extraction rate (greedy, from prefix; 95% CI)")
     axes[1].bar(names, [r["pii_token_accuracy"] or 0 for r in rows], color=["C3", "C1", "C2"][: len(rows)])
     axes[1].set_title("PII token accuracy (teacher-forced)")
@@ -139,8 +139,7 @@ def audit_main(folder: Path) -> int:
     and every run's ROC curve."""
     import numpy as np
 
-    from .mia.metrics import roc_curve
-    from .plots import pyplot, save
+    from .plots import pyplot, roc_panel, save
 
     rows = audit_table(folder)
     if not rows:
@@ -161,22 +160,19 @@ def audit_main(folder: Path) -> int:
     axes[0].set_xticks(x, names, fontsize=8)
     axes[0].legend(fontsize=7)
     aucs = [r["auc"] for r in rows]
-    axes[1].bar(x, aucs, yerr=_yerr(aucs, [r["auc_ci"] for r in rows]), capsize=4, color="C2")
+    axes[1].bar(x, aucs, yerr=yerr(aucs, [r["auc_ci"] for r in rows]), capsize=4, color="C2")
     axes[1].axhline(0.5, ls=":", color="grey")
     axes[1].set_xticks(x, names, fontsize=8)
     axes[1].set_title("MIA AUC on the canaries (95% CI)")
+    curves = {}
     for r, name in zip(rows, names):
         f = Path(r["audit"]) / "scores.json"
         if f.is_file():
             sc = json.loads(f.read_text())
             s, m = np.asarray(sc["scores"]), np.asarray(sc["members"], dtype=bool)
-            fpr, tpr = roc_curve(s[m], s[~m])
-            axes[2].plot(fpr, tpr, label=name)
-    chance = np.linspace(0, 1, 201)  # y = x, drawn point by point: the x axis is symlog
-    axes[2].plot(chance, chance, ":", color="grey")
-    axes[2].set_xscale("symlog", linthresh=0.01)
+            curves[name] = (s[m], s[~m])
+    roc_panel(axes[2], curves)
     axes[2].set_title("ROC")
-    axes[2].legend(fontsize=7)
     fig.tight_layout()
     save(fig, folder / "audit_table.png")
     print(f"[privlm] {folder / 'audit_table.json'}, {folder / 'audit_table.png'}")

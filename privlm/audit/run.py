@@ -38,7 +38,7 @@ def audit_args(parser):
 
 
 def validate(cfg, a) -> None:
-    from ..mia import ATTACKS
+    from ..mia.registry import check_names
 
     problems = []
     if a.num_canaries < 2:
@@ -49,8 +49,10 @@ def validate(cfg, a) -> None:
         problems.append("--canary_repeats: must be >= 1")
     if not 0 < a.confidence < 1:
         problems.append(f"--confidence: {a.confidence} must be in (0, 1)")
-    if a.attack not in ATTACKS:
-        problems.append(f"--attack: unknown attack {a.attack}; known: {', '.join(sorted(ATTACKS))}")
+    try:
+        check_names([a.attack])
+    except UserError as e:
+        problems.append(f"--attack: {e}")
     if cfg.dataset.prompt_style != "uncond_generation":
         problems.append("dataset.prompt_style: the audit plants canaries as plain texts (uncond_generation)")
     if problems:
@@ -77,7 +79,8 @@ def make_canaries(cfg, a, rng: np.random.Generator) -> list[dict]:
             texts = [" ".join(words[i] for i in rng.integers(0, len(words), a.canary_length)).capitalize() + "."
                      for _ in range(m)]
         else:  # a toy tokenizer without a word list: random non-special tokens
-            ids = [i for i in range(len(tok)) if i not in set(tok.all_special_ids)]
+            special = set(tok.all_special_ids)
+            ids = [i for i in range(len(tok)) if i not in special]
             texts = [tok.decode([ids[j] for j in rng.integers(0, len(ids), a.canary_length)]) for _ in range(m)]
     else:
         from ..mosaic.canaries import sample
@@ -110,16 +113,18 @@ def load_or_make_canaries(path: Path, cfg, a, fresh: bool) -> tuple[list[dict], 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ..dp.finetune import front_door, load_data, load_trained, logical_batch, run
     import os
 
+    from ..dp.finetune import front_door, load_data, load_trained, logical_batch, run
+    from ..dp.plan import run_delta
     from ..training import barrier, init_distributed, is_main
 
     cfg, a = C.parse(DPFinetuneConfig, argv, __doc__, extra_args=audit_args)
     validate(cfg, a)
     out = audit_dir(cfg, a)
     overwrite = cfg.trainer_args.overwrite_output_dir
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched on several ranks: they share rank 0's secret coins
+    several_ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if several_ranks:  # launched on several ranks: they share rank 0's secret coins
         init_distributed()
     canaries, new = load_or_make_canaries(out / "canaries.jsonl", cfg, a, fresh=overwrite)
     field = cfg.dataset.text_field
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "canaries.jsonl", "".join(json.dumps(c) + "\n" for c in canaries))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if several_ranks:
         barrier()
     cfg.trainer_args.output_dir = str(out / "train")
     cfg.trainer_args.overwrite_output_dir = False
@@ -154,9 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
                          dtype=cfg.model.dtype)[a.attack]
     member = np.array([c["member"] for c in canaries])
     privacy = metrics.get("privacy") or {}
-    n_train = metrics.get("dataset_size") or 1
-    delta = privacy.get("delta") or (cfg.privacy.target_delta if cfg.privacy.target_delta is not None
-                                     else 1 / (2 * n_train))
+    delta = privacy.get("delta") or run_delta(cfg.privacy, metrics.get("dataset_size") or 1)
     result = bound.audit(scores, member, delta, a.confidence)
     roc = stats.roc_with_ci(scores[member], scores[~member], confidence=a.confidence)
     report = {
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
         "delta": delta, "confidence": a.confidence, "num_canaries": len(canaries),
         "num_members": int(member.sum()), "num_guesses": result["num_guesses"], "num_correct": result["num_correct"],
         "guess_grid": result["grid"], "confidence_per_grid_point": result["confidence_per_grid_point"],
-        "attack": a.attack, "reference_model": a.reference_model, "auc": roc["auc"], "auc_ci": roc["auc_ci"], "tpr_at_fpr": roc["tpr_at_fpr"],
+        "attack": a.attack, "reference_model": a.reference_model,
+        "auc": roc["auc"], "auc_ci": roc["auc_ci"], "tpr_at_fpr": roc["tpr_at_fpr"],
         "mode": metrics.get("mode"), "noise_source": metrics.get("noise_source"),
         "canary_kind": a.canary_kind, "canary_length": a.canary_length, "canary_repeats": a.canary_repeats,
         "training_run": str(out / "train"), "figure": str(out / "roc.png"),
@@ -198,24 +202,12 @@ def _finished(out: Path, a) -> dict | None:
 
 
 def _roc_png(members, nonmembers, report: dict, path: Path):
-    from ..mia.metrics import roc_curve
-    from ..plots import pyplot, save
+    from ..plots import pyplot, roc_panel, save
 
-    plt = pyplot()
-    fpr, tpr = roc_curve(members, nonmembers)
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
-    ax.plot(fpr, tpr, label=f"{report['attack']}: AUC {stats.fmt(report['auc'], report['auc_ci'])}")
-    for p in report["tpr_at_fpr"]:
-        if p["ci"]:
-            ax.errorbar([p["fpr"]], [p["tpr"]], yerr=[[p["tpr"] - p["ci"][0]], [p["ci"][1] - p["tpr"]]], fmt="o",
-                        color="k", capsize=3)
-    chance = np.linspace(0, 1, 201)  # y = x, drawn point by point: the x axis is symlog
-    ax.plot(chance, chance, ":", color="grey")
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
+    fig, ax = pyplot().subplots(figsize=(4.5, 4.2))
+    roc_panel(ax, {f"{report['attack']}: AUC {stats.fmt(report['auc'], report['auc_ci'])}": (members, nonmembers)},
+              report["tpr_at_fpr"])
     ub = report["epsilon_upper_bound"]
     ax.set_title(f"eps_lb {report['epsilon_lower_bound']:.2f}, eps_ub {'-' if ub is None else f'{ub:.2f}'}",
                  fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
     save(fig, path)

@@ -115,7 +115,7 @@ class GhostClipping:
                     ) -> tuple[dict[nn.Parameter, torch.Tensor], torch.Tensor]:
         """{param: sum_i c_i grad_i (fp32)} and the per-example flat norms, from one backward to layer outputs.
 
-        With `sink(param, index, partial_sum)` the sums are handed over layer by layer instead of kept (a weight used
+        With `sink(index, partial_sum)` (index into `params`) the sums are handed over layer by layer instead of kept (a weight used
         twice arrives twice), in the same order on every rank, each unused trainable weight once as zeros: ZeRO-3
         reduces each one to its owner's shard at once, so no rank ever holds a full copy of the gradient."""
         records, self._records = self._records, []
@@ -162,7 +162,7 @@ class GhostClipping:
             for p, s in _clipped(r, a, g, c):
                 seen.add(id(p))
                 if sink is not None:
-                    sink(p, index[id(p)], s)
+                    sink(index[id(p)], s)
                 elif p in sums:
                     sums[p].add_(s)
                 else:
@@ -172,7 +172,7 @@ class GhostClipping:
             if id(p) not in seen:
                 z = torch.zeros(full_shape(p), device=per_example_loss.device, dtype=torch.float32)
                 if sink is not None:
-                    sink(p, index[id(p)], z)
+                    sink(index[id(p)], z)
                 else:
                     sums[p] = z
         return sums, norms

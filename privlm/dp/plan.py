@@ -109,6 +109,11 @@ def plan_budget(privacy: PrivacyArgs, sample_rate: float, steps: int, delta: flo
             "accountant": privacy.accountant}
 
 
+def run_delta(privacy: PrivacyArgs, dataset_size: int) -> float:
+    """The delta a run is judged at: the configured one, else 1/(2N)."""
+    return privacy.target_delta if privacy.target_delta is not None else 1 / (2 * dataset_size)
+
+
 def make_private(privacy: PrivacyArgs, *, dataset_size: int, batch_size: int, epochs: float, max_steps: int = -1,
                  grad_accum: int = 1, max_grad_norm: float = 0.0) -> PrivacyPlan:
     """Validate every privacy setting against the data and the training setup; return the plan. Raises one
@@ -124,7 +129,7 @@ def make_private(privacy: PrivacyArgs, *, dataset_size: int, batch_size: int, ep
     if problems:
         raise UserError("invalid privacy settings: " + "; ".join(problems))
     q = min(1.0, batch_size / n)
-    delta = privacy.target_delta if privacy.target_delta is not None else 1 / (2 * n)
+    delta = run_delta(privacy, n)
     if delta >= 1 / n:
         problems.append(f"privacy.target_delta: {delta:g} must be < 1/N = {1 / n:.3g} (such a delta allows "
                         "leaking a whole record)")

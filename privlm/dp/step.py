@@ -12,8 +12,9 @@ logical step, and the update is (sum over ranks of clipped sums + noise) / (q*N)
   rounded to the weights' dtype on each rank before the reduce, so there the fp32 sums are all-reduced first and
   DeepSpeed averages identical tensors: one rounding, after the reduce and the noise.
 * ZeRO-3: no rank holds the model's whole gradient. Each layer's fp32 clipped sum exists in full only until it is
-  reduce-scattered to the shard owners, as soon as it is book-kept; each rank adds its own independent N(0, sigma^2 C^2) to the shard it owns
-  and writes it into DeepSpeed's gradient partition (`safe_set_local_grad`), then the optimizer steps.
+  reduce-scattered to the shard owners, as soon as it is book-kept; each rank adds its own independent
+  N(0, sigma^2 C^2) to the shard it owns and writes it into DeepSpeed's gradient partition (`safe_set_local_grad`),
+  then the optimizer steps.
 """
 from __future__ import annotations
 
@@ -23,15 +24,15 @@ from .accountant import Ledger
 from .clipping import per_example_engine, per_example_loss
 
 
-def add_gaussian_noise_(tensors: list[torch.Tensor], source, step: int, std: float):
-    """Add N(0, std^2) to each tensor in place, each from its own keyed generator (so the result does not depend on
-    the thread count), in a thread pool: randn releases the GIL, and on a CPU it is a real share of a DP step
-    (0.6 s for 135M coordinates on one core). In place: no second copy of the gradient."""
+def add_gaussian_noise_(tensors: list[torch.Tensor], source, step: int, std: float, *key):
+    """Add N(0, std^2) to each tensor in place, each from its own generator keyed by (step, index, *key) (so the
+    result does not depend on the thread count), in a thread pool: randn releases the GIL, and on a CPU it is a real
+    share of a DP step (0.6 s for 135M coordinates on one core). In place: no second copy of the gradient."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(i):
         t = tensors[i]
-        t.add_((torch.randn(t.shape, generator=source.generator("noise", step, i)) * std).to(t.device, t.dtype))
+        t.add_((torch.randn(t.shape, generator=source.generator("noise", step, i, *key)) * std).to(t.device, t.dtype))
 
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
         list(pool.map(one, range(len(tensors))))
@@ -119,7 +120,7 @@ class _Shards:
         self.local = [torch.zeros(p.ds_tensor.numel(), dtype=torch.float32, device=device) for p in params]
         self.scatter = world > 1 and dist.get_backend() == "nccl"  # gloo has no reduce_scatter: all_reduce there
 
-    def add(self, p, i: int, s: torch.Tensor):
+    def add(self, i: int, s: torch.Tensor):
         import torch.distributed as dist
 
         n = self.local[i].numel()
@@ -143,9 +144,7 @@ class _Shards:
         from deepspeed.utils import safe_set_local_grad
 
         if std > 0:
-            for i, t in enumerate(self.local):
-                t.add_(torch.randn(t.shape, generator=source.generator("noise", step, i, "shard", self.rank))
-                       .to(t.device) * std)
+            add_gaussian_noise_(self.local, source, step, std, "shard", self.rank)
         for p, t in zip(self.params, self.local):
             safe_set_local_grad(p, t.mul_(scale))
 

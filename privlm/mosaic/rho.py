@@ -109,6 +109,20 @@ def rho_ci(exact_boot: dict[str, list[float]], variant_boot: dict[str, list[floa
         for label, r in table.items():
             if r["rho"] is not None:
                 per[label].append(r["rho"])
+    return {label: _percentile_interval(v, confidence) if len(v) >= b / 2 else None for label, v in per.items()}
+
+
+def add_intervals(table: dict, boot: dict, confidence: float = 0.95) -> dict:
+    """Each variant of a rho_table gets `rho_ci` and `auc_ci` from the mia step's bootstrap replicates
+    ({"exact": {count: [auc, ...]}, "variants": {label: [auc, ...]}})."""
+    cis = rho_ci(boot["exact"], boot["variants"], confidence)
+    for label, r in table.items():
+        reps = boot["variants"].get(label)
+        r["rho_ci"] = cis.get(label)
+        r["auc_ci"] = _percentile_interval(reps, confidence) if reps else None
+    return table
+
+
+def _percentile_interval(values, confidence: float) -> list[float]:
     a = (1 - confidence) / 2
-    return {label: [float(np.quantile(v, a)), float(np.quantile(v, 1 - a))] if len(v) >= b / 2 else None
-            for label, v in per.items()}
+    return [float(np.quantile(values, a)), float(np.quantile(values, 1 - a))]
