@@ -154,12 +154,30 @@ def bucket_of(count_: int, buckets: list[int], tolerance: float) -> int | None:
 
 # --------------------------------------------------------------------------------------------- scan
 def nms(hits: list[tuple[int, int]], window: int) -> list[tuple[int, int]]:
-    """Greedy non-maximum suppression: best (lowest distance) hits first; drop hits within +-window of a kept one."""
-    kept: list[tuple[int, int]] = []
-    for dist, pos in sorted(hits):
-        if all(abs(pos - p) > window for _, p in kept):
-            kept.append((dist, pos))
-    return kept
+    """Greedy non-maximum suppression: best (lowest distance, then leftmost) hits first; drop hits within +-window of
+    a kept one. O(n log n): distances are few small integers, so level by level a hit is checked against the kept
+    positions of the better levels by binary search (kept sorted) and against the last hit kept on its own level
+    (positions ascending); the old all-pairs loop took 40 s per target at 4000 copies."""
+    if not hits:
+        return []
+    arr = np.asarray(hits, dtype=np.int64).reshape(-1, 2)
+    kept = np.empty(0, dtype=np.int64)
+    out: list[tuple[int, int]] = []
+    for d in np.unique(arr[:, 0]):
+        pos = np.unique(arr[arr[:, 0] == d, 1])
+        if len(kept):
+            i = np.searchsorted(kept, pos)
+            left = np.where(i > 0, kept[np.maximum(i - 1, 0)], np.iinfo(np.int64).min // 2)
+            right = np.where(i < len(kept), kept[np.minimum(i, len(kept) - 1)], np.iinfo(np.int64).max // 2)
+            pos = pos[(pos - left > window) & (right - pos > window)]
+        level, last = [], None
+        for p in pos.tolist():
+            if last is None or p - last > window:
+                level.append(p)
+                last = p
+        out += [(int(d), p) for p in level]
+        kept = np.sort(np.concatenate([kept, np.asarray(level, dtype=np.int64)]))
+    return out
 
 
 def scan_part(prefix: str, bounds: tuple[int, int], targets: list[list[int]], max_distance: int,

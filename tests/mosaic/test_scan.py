@@ -36,6 +36,25 @@ def test_exact_counts_equal_brute_force():
     assert S.count(tokens, sa, [9, 9]) == 0
 
 
+def quadratic_nms(hits, window):
+    """The definition: best (lowest distance, then leftmost) first, drop a hit within +-window of any kept one."""
+    kept = []
+    for d, p in sorted(hits):
+        if all(abs(p - q) > window for _, q in kept):
+            kept.append((d, p))
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_nms_equals_the_all_pairs_definition(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    hits = list(zip(rng.integers(0, 5, n).tolist(), rng.integers(0, 3000, n).tolist()))
+    for window in (0, 7, 24):
+        assert sorted(S.nms(hits, window)) == sorted(quadratic_nms(hits, window))
+    assert S.nms([], 5) == []
+
+
 def planted_corpus(tmp_path, seed=0):
     """Random documents; target T planted exactly 3 times, with 2 substitutions twice, with 1 deletion + 1 insertion once."""
     rng = np.random.default_rng(seed)
