@@ -31,6 +31,32 @@ def test_all_guesses_right_has_a_closed_form(r):
     assert epsilon_lower_bound(1000, r, r, 0.0, 0.95) == pytest.approx(math.log(q / (1 - q)), abs=1e-7)
 
 
+def paper_p_value(m, r, v, eps, delta):
+    """The p-value of the paper's Algorithm (Theorem 5.2 with delta > 0), transcribed loop by loop from its text:
+    beta = P[B >= v] and alpha = max over i = 1..v of P[v > B >= v - i] / i, B ~ Binomial(r, e^eps / (1 + e^eps));
+    p = beta + alpha * delta * 2m."""
+    q = 1 / (1 + math.exp(-eps))
+    beta = binom.sf(v - 1, r, q)
+    alpha, total = 0.0, 0.0
+    for i in range(1, v + 1):
+        total += binom.pmf(v - i, r, q)
+        alpha = max(alpha, total / i)
+    return min(1.0, beta + alpha * delta * 2 * m)
+
+
+def paper_bound(m, r, v, delta, c):
+    """The largest eps whose paper p-value is below 1 - c (Brent's method on the monotone p-value)."""
+    f = lambda eps: paper_p_value(m, r, v, eps, delta) - (1 - c)  # noqa: E731
+    return 0.0 if f(0.0) >= 0 else brentq(f, 0.0, 50.0, xtol=1e-12)
+
+
+@pytest.mark.parametrize("m,r,v,delta", [(1000, 100, 90, 1e-5), (1000, 100, 90, 1e-3), (1000, 200, 150, 1e-5),
+                                         (10000, 1000, 800, 1e-5), (1000, 1000, 1000, 1e-5), (500, 50, 45, 1e-2)])
+def test_positive_delta_matches_the_papers_algorithm(m, r, v, delta):
+    assert p_value(m, r, v, 1.0, delta) == pytest.approx(paper_p_value(m, r, v, 1.0, delta), rel=1e-9)
+    assert epsilon_lower_bound(m, r, v, delta, 0.95) == pytest.approx(paper_bound(m, r, v, delta, 0.95), abs=1e-6)
+
+
 def test_delta_and_confidence_only_lower_the_bound():
     base = epsilon_lower_bound(1000, 100, 90, 0.0, 0.95)
     assert 1.5 < base < 1.8  # (m=1000, r=100, v=90): 1.631
