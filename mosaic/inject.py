@@ -61,7 +61,7 @@ def main(argv=None) -> Path:
     groups = I.build_groups(members, cfg.groups, cfg.canaries_per_group)
     records, placements = I.inject_books(groups, cfg.corpus, cfg.num_books, cfg.seed, cfg.book_words, cfg.text_field)
     I.write_corpus(out_dir, records, {"canaries": cfg.canaries, "corpus": cfg.corpus, "seed": cfg.seed,
-                                      "groups": [{k: g[k] for k in ("spec", "label", "kind", "canary_ids")}
+                                      "groups": [{k: g[k] for k in ("spec", "label", "kind", "canary_ids", "num_copies")}
                                                  for g in groups],
                                       "placements": placements, "num_books": len(records)})
     n_injected = sum(len(g["canary_ids"]) for g in groups)

@@ -25,7 +25,7 @@ from privlm.mia import ATTACKS, metrics, needs_of
 from privlm.mia.scoring import score_texts
 from privlm.mosaic import canaries as canary_lib
 from privlm.mosaic import figures
-from privlm.mosaic.inject import exact_count
+from privlm.mosaic.inject import exact_count, group_copies
 from privlm.mosaic.rho import bootstrap_aucs
 
 
@@ -63,8 +63,11 @@ def main(argv=None) -> dict:
     refuse_existing(cfg.output, cfg.overwrite)
     data = canary_lib.load(cfg.canaries)
     groups: dict[str, list[int]] = {}
+    copies: dict[str, int] = {}
     if cfg.injection:
-        groups = {g["label"]: g["canary_ids"] for g in read_json(cfg.injection, "injection file")["groups"]}
+        injection = read_json(cfg.injection, "injection file")
+        groups = {g["label"]: g["canary_ids"] for g in injection["groups"]}
+        copies = group_copies(injection)
     ids = set().union(*map(set, groups.values())) if groups else {c["id"] for c in data["members"]}
     members = [c for c in data["members"] if c["id"] in ids]
     nonmembers = data["nonmembers"]
@@ -97,6 +100,16 @@ def main(argv=None) -> dict:
         result["attacks"][name] = entry
         result["scores"][name] = {"members": m.tolist(), "nonmembers": n.tolist()}
     result["member_ids"] = member_ids
+    if cfg.rho_attack in result["attacks"]:  # one row per group, as tables and sweeps read them
+        e = result["attacks"][cfg.rho_attack]
+        rows = [{"name": lb, "kind": "exact" if exact_count(lb) is not None else "fuzzy",
+                 "repetitions": copies.get(lb, exact_count(lb)), **_row(r)} for lb, r in e["groups"].items()]
+        if not groups:
+            rows.append({"name": "members", "kind": "exact", "repetitions": None, **_row(e["all"])})
+        rows.append({"name": "nonmembers", "kind": "nonmember", "repetitions": 0, "n": len(nonmembers),
+                     "auc": None, "auc_ci": None, "tpr_at_fpr": None})
+        result["groups_attack"], result["groups"] = cfg.rho_attack, rows
+        result["pooled"] = len(groups) > 1  # all groups in one target model (the paper trains one per setting)
 
     out = Path(cfg.output)
     atomic_write_json(out, result)
@@ -114,7 +127,7 @@ def main(argv=None) -> dict:
     if groups and cfg.rho_attack in result["attacks"]:
         g = result["attacks"][cfg.rho_attack]["groups"]
         exact = {str(exact_count(lb)): r["auc"] for lb, r in g.items() if exact_count(lb) is not None}
-        variants = {lb: r["auc"] for lb, r in g.items() if exact_count(lb) is None}
+        variants = {lb: {"auc": r["auc"], "copies": copies.get(lb)} for lb, r in g.items() if exact_count(lb) is None}
         if exact:
             atomic_write_json(out.parent / f"{out.stem}_exact.json", exact)
         if variants:
@@ -128,8 +141,14 @@ def main(argv=None) -> dict:
                               {"attack": cfg.rho_attack, "variants": {lb: boot[lb] for lb in variants},
                                "exact": {str(exact_count(lb)): boot[lb] for lb in groups
                                          if exact_count(lb) is not None}}, indent=None)
+    if result.get("pooled"):
+        print(f"[mosaic] pooled: all {len(groups)} groups share one target model (the paper trains one per setting)")
     print(f"[mosaic] wrote {out} and {out.with_suffix('.roc.png')}")
     return result
+
+
+def _row(r: dict) -> dict:
+    return {"n": r["n_members"], "auc": r["auc"], "auc_ci": r["auc_ci"], "tpr_at_fpr": r["tpr_at_fpr"]}
 
 
 def _ci(ci) -> str:

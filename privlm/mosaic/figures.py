@@ -65,6 +65,9 @@ def rho_png(rho: dict, path) -> Path:
             if s and ci and v[key] is not None:
                 ax.errorbar([s[1]], [v[key]], yerr=[[v[key] - ci[0]], [ci[1] - v[key]]], color="k", capsize=3,
                             lw=0.8)
+            if s and key == "rho" and v.get("extrapolated") and v[key] is not None:  # beyond the exact curve
+                ax.scatter([s[1]], [v[key]], s=90, facecolors="white", edgecolors="red", zorder=3,
+                           label="extrapolated" if not ax.get_legend_handles_labels()[1].count("extrapolated") else None)
         ax.set(xlabel="variation parameter (tokens replaced R, inserted X, or tau)", ylabel=ylabel)
         ax.legend(fontsize=8)
     axes[0].axhline(0, color="k", lw=0.5)

@@ -134,11 +134,14 @@ def build_groups(members: list[dict], specs: list[str], per_group: int = 0) -> l
             if missing:
                 raise UserError(f"{arg}: no variations for canaries {missing[:5]} (group {spec}); "
                                 "generate variations for all members or reorder the groups")
+        copies = {c["id"]: ([c["text"]] * int(arg) if kind == "exact" else
+                            [c["text"]] + [v["text"] for v in var_by_id[c["id"]]["variations"]]) for c in chosen}
+        sizes = {len(v) for v in copies.values()}
+        if len(sizes) != 1 or min(sizes) < (1 if kind == "exact" else 2):
+            raise UserError(f"{arg}: every canary of group {spec} needs the same number (>= 1) of variations "
+                            f"(got {sorted(sizes)} copies); rho divides by it")
         groups.append({"spec": spec, "label": group_label(spec, meta), "kind": kind,
-                       "canary_ids": [c["id"] for c in chosen],
-                       "copies": {c["id"]: ([c["text"]] * int(arg) if kind == "exact" else
-                                            [c["text"]] + [v["text"] for v in var_by_id[c["id"]]["variations"]])
-                                  for c in chosen}})
+                       "canary_ids": [c["id"] for c in chosen], "num_copies": sizes.pop(), "copies": copies})
     labels = [g["label"] for g in groups]
     if len(set(labels)) != len(labels):
         raise UserError(f"groups: two groups share a label ({', '.join(labels)})")
@@ -165,6 +168,15 @@ def inject_books(groups: list[dict], corpus: str, num_books: int, seed: int, boo
             b += 1
     records += [{"book": i, "text": books[i]} for i in range(b, len(books))]
     return records, placements
+
+
+def group_copies(injection: dict) -> dict[str, int]:
+    """Copies of each canary per group label: `num_copies` as inject records it, or counted from the placements of
+    injection files written before it was recorded."""
+    out = {g["label"]: g["num_copies"] for g in injection.get("groups", []) if "num_copies" in g}
+    for p in injection.get("placements", []):
+        out.setdefault(p["group"], len(p["copies"]))
+    return out
 
 
 def write_corpus(out_dir: str | Path, records: list[dict], info: dict):

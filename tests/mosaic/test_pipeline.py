@@ -72,6 +72,15 @@ def test_pipeline_variations_inject_train_mia(canaries, tiny_model_dir, tmp_path
         assert {"tpr@0.001fpr", "tpr@0.01fpr", "tpr@0.1fpr"} <= set(e["all"])
         for r in [e["all"], *e["groups"].values()]:  # every AUC and TPR with its 95% interval
             assert r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1] and all(t["ci"] for t in r["tpr_at_fpr"])
+    rows = {g["name"]: g for g in res["groups"]}  # one row per group of the rho attack, non-members included
+    assert res["groups_attack"] == "ratio" and res["pooled"] is True
+    assert {k: (r["kind"], r["repetitions"]) for k, r in rows.items()} == {
+        "exact_1": ("exact", 1), "exact_3": ("exact", 3), "random_R3": ("fuzzy", 1 + len(variations[0])),
+        "nonmembers": ("nonmember", 0)}
+    assert rows["exact_3"]["auc"] == res["attacks"]["ratio"]["groups"]["exact_3"]["auc"]
+    assert rows["exact_3"]["auc_ci"][0] <= rows["exact_3"]["auc"] <= rows["exact_3"]["auc_ci"][1]
+    variants = json.loads((tmp_path / "mia_variants.json").read_text())
+    assert variants["random_R3"]["copies"] == 1 + len(variations[0])
     exact = json.loads((tmp_path / "mia_exact.json").read_text())
     assert set(exact) == {"1", "3"} and exact["3"] == res["attacks"]["ratio"]["groups"]["exact_3"]["auc"]
     assert (tmp_path / "mia.roc.png").stat().st_size > 0
@@ -79,6 +88,7 @@ def test_pipeline_variations_inject_train_mia(canaries, tiny_model_dir, tmp_path
                       "--output", tmp_path / "rho.json")
     assert proc.returncode == 0, proc.stderr
     rho = json.loads((tmp_path / "rho.json").read_text())["random_R3"]
+    assert rho["copies"] == 1 + len(variations[0]) and isinstance(rho["extrapolated"], bool)
     boot = json.loads((tmp_path / "mia_bootstrap.json").read_text())  # the replicates rho_ci comes from
     assert set(boot["exact"]) == {"1", "3"} and len(boot["variants"]["random_R3"]) == 1000
     assert rho["auc_ci"][0] <= rho["auc"] <= rho["auc_ci"][1]
