@@ -39,8 +39,9 @@ def clopper_pearson(successes: int, trials: int, confidence: float = CONFIDENCE)
 
 
 def bootstrap(statistic, *samples, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
-              seed: int = 0) -> list[float] | None:
-    """Percentile bootstrap of `statistic(*samples)`; each sample is resampled on its own (unpaired). `statistic`
+              seed: int = 0, paired: bool = False) -> list[float] | None:
+    """Percentile bootstrap of `statistic(*samples)`; each sample is resampled on its own (unpaired), or the units
+    together with `paired` (samples of equal length, e.g. a ratio of two sums over the same targets). `statistic`
     must accept an `axis` keyword (scipy's vectorised form). A sample with fewer than 2 units gives None."""
     from scipy.stats import bootstrap as sp_bootstrap
 
@@ -51,7 +52,7 @@ def bootstrap(statistic, *samples, confidence: float = CONFIDENCE, resamples: in
         v = float(statistic(*samples, axis=-1))
         return [v, v]
     res = sp_bootstrap(tuple(samples), statistic, confidence_level=confidence, n_resamples=resamples,
-                       method="percentile", paired=False, vectorized=True, random_state=np.random.default_rng(seed))
+                       method="percentile", paired=paired, vectorized=True, random_state=np.random.default_rng(seed))
     return _pair(res.confidence_interval)
 
 
