@@ -5,10 +5,15 @@
         --num-variations 9 --output results/mosaic/variations_mlm_R10.json
     python -m mosaic variations --candidate-gen-strategy shuffle --ngram 5 --kendall_tau 0.3 ...
     python -m mosaic variations --candidate-gen-strategy insertion --ngram 5 --insert_tokens 1 ...
+    python -m mosaic variations --candidate-gen-strategy insertion --ngram 5 --insert_tokens 1 --scrambled ...
     python -m mosaic variations --candidate-gen-strategy paraphrase --candidate_model default ...
 
 Strategies: mlm (top-k of a masked LM, or of a causal LM given the prefix: `default` works offline), mlm_random,
-random, insertion, shuffle, paraphrase. Output JSON: {"strategy", parameters..., "canaries": [{"id", "original",
+random, insertion (`--scrambled`: the paper's baseline, the n-grams in a random order), shuffle (random swaps of
+any two blocks, the paper's; `--shuffle_method adjacent` for neighbouring swaps), paraphrase. `--candidate_model
+auto` (the default) takes the paper's masked LM, FacebookAI/roberta-base, when it is installed (in the Hugging Face
+cache) and otherwise the default causal model; the output's `candidate_model_kind` says which (masked_lm |
+causal). Output JSON: {"strategy", parameters..., "canaries": [{"id", "original",
 "variations": [{"text", "token_ids", "replaced_indices" | "inserted" | "block_order"/"kendall_tau"}]}]}.
 """
 from __future__ import annotations
@@ -34,13 +39,17 @@ class VariationsConfig:
                                             help="each variation replaces different positions")
     topk: int = C.field(10, help="mlm: candidates per position")
     num_random_candidates: int = C.field(50, help="mlm_random / random: candidates per position")
-    candidate_model: str = C.field("default", aliases=("--mlm_model",),
-                                   help="mlm / mlm_random / paraphrase model: a masked LM or a causal (instruct) LM")
+    candidate_model: str = C.field("auto", aliases=("--mlm_model",),
+                                   help="mlm / mlm_random / paraphrase model: a masked LM or a causal (instruct) LM; "
+                                        "auto: roberta-base when installed, else the default causal model")
     target_tokenizer: str | None = C.field(None, help="default: the canaries file's target tokenizer")
     insert_tokens: int = C.field(1, help="insertion: X random tokens between consecutive n-grams")
     ngram: int = C.field(1, help="insertion / shuffle: n-gram (block) size")
     kendall_tau: float = C.field(0.5, help="shuffle: target normalized Kendall-tau distance")
     tau_tolerance: float = C.field(0.05)
+    shuffle_method: str = C.field("swaps", choices=["swaps", "adjacent"],
+                                  help="shuffle: random swaps of any two blocks (the paper) or of neighbours")
+    scrambled: bool = C.field(False, help="insertion: the scrambled baseline (n-grams in a random order)")
     temperature: float = C.field(0.6, help="paraphrase sampling")
     top_p: float = C.field(0.9, help="paraphrase sampling")
     first: int | None = C.field(None, help="only the first N member canaries")
@@ -66,21 +75,29 @@ def main(argv=None) -> dict:
         raise UserError(f"{cfg.canaries}: no member canaries")
     target = models.load_tokenizer(cfg.target_tokenizer or data.get("target_tokenizer") or "default")
     ctx = V.Context(tokenizer=target, cand_tokenizer=target)
+    kind = None
     if cfg.candidate_gen_strategy in V.NEEDS_MODEL:
-        ctx.cand_tokenizer = models.load_tokenizer(cfg.candidate_model)
+        name = V.resolve_candidate_model(cfg.candidate_model, cfg.candidate_gen_strategy)
+        ctx.cand_tokenizer = models.load_tokenizer(name)
         if ctx.cand_tokenizer.get_vocab() == target.get_vocab():
             ctx.cand_tokenizer = target  # same tokenizer: candidates need no re-encoding
-        ctx.model = models.load_model(cfg.candidate_model, masked_lm=cfg.candidate_gen_strategy != "paraphrase")
+        ctx.model = models.load_model(name, masked_lm=cfg.candidate_gen_strategy != "paraphrase")
+        kind = "masked_lm" if V.is_masked_lm(ctx.model) else "causal"
+        print(f"[mosaic] candidates from {name} ({kind}"
+              + (", the offline fallback: no masked LM installed)" if cfg.candidate_model == "auto"
+                 and kind == "causal" else ")"))
     spec = V.VarSpec(num_variations=cfg.num_variations, num_injection_points=cfg.num_injection_points,
                      replace_same_indices=not cfg.no_replace_same_indices, topk=cfg.topk,
                      num_random_candidates=cfg.num_random_candidates, insert_tokens=cfg.insert_tokens,
                      ngram=cfg.ngram, kendall_tau=cfg.kendall_tau, tau_tolerance=cfg.tau_tolerance,
+                     shuffle_method=cfg.shuffle_method, scrambled=cfg.scrambled,
                      temperature=cfg.temperature, top_p=cfg.top_p)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(members), desc=cfg.candidate_gen_strategy, dynamic_ncols=True) as bar:
         out = V.make(members, cfg.candidate_gen_strategy, spec, ctx, cfg.seed, progress=bar.update)
-    result = {"strategy": cfg.candidate_gen_strategy, "canaries_file": cfg.canaries, **C.to_dict(cfg), "canaries": out}
+    result = {"strategy": cfg.candidate_gen_strategy, "canaries_file": cfg.canaries, **C.to_dict(cfg),
+              "candidate_model_kind": kind, "canaries": out}
     atomic_write_json(cfg.output, result)
     ex = out[0]["variations"][0]["text"]
     print(f"[mosaic] wrote {len(out)} x {cfg.num_variations} {cfg.candidate_gen_strategy} variations to {cfg.output}"

@@ -6,12 +6,15 @@ unmodified canary. `mlm` asks a model for the top-k tokens at each position, exc
 given the prefix. Candidates are re-encoded with the target tokenizer, so a replacement can span several tokens.
 `mlm_random` draws from the candidate model's whole vocabulary, `random` from the target tokenizer's.
 
-`insertion` puts X random target tokens between consecutive n-grams; `shuffle` permutes n-gram blocks until their
-normalized Kendall-tau distance to the original order reaches a target; `paraphrase` has an instruct model
-rewrite the canary.
+`insertion` puts X random target tokens between consecutive n-grams (`scrambled`: the paper's baseline, the same
+n-grams in a random order, so only the n-grams and not their sequence survive); `shuffle` permutes n-gram blocks by
+random swaps of any two blocks until their normalized Kendall-tau distance to the original order is within the
+tolerance of a target (the paper's method; `shuffle_method: adjacent` swaps neighbouring blocks instead, which
+reaches any distance exactly but keeps permutations local); `paraphrase` has an instruct model rewrite the canary.
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -41,6 +44,8 @@ class VarSpec:
     ngram: int = 1  # n
     kendall_tau: float = 0.5
     tau_tolerance: float = 0.05
+    shuffle_method: str = "swaps"  # swaps (the paper: random pairs) | adjacent
+    scrambled: bool = False  # insertion: the scrambled baseline
     temperature: float = 0.6
     top_p: float = 0.9
 
@@ -99,7 +104,7 @@ def reencode(cand_tokenizer, target_tokenizer, ids: list[int]) -> list[list[int]
 @torch.no_grad()
 def model_candidates(model, cand_tokenizer, target_tokenizer, token_ids: list[int], topk: int) -> list[list[list[int]]]:
     """Top-k candidates (as target-token lists) for every position of a canary, excluding the original."""
-    if not _is_masked_lm(model):
+    if not is_masked_lm(model):
         if cand_tokenizer is not target_tokenizer:
             raise UserError("a causal candidate model must share the target tokenizer; use a masked LM otherwise")
         return causal_candidates_batched(model, cand_tokenizer, [{"id": 0, "token_ids": token_ids}], topk)[0]
@@ -126,7 +131,7 @@ def model_candidates(model, cand_tokenizer, target_tokenizer, token_ids: list[in
     return cands
 
 
-def _is_masked_lm(model) -> bool:
+def is_masked_lm(model) -> bool:
     return any(a.endswith("ForMaskedLM") for a in (getattr(model.config, "architectures", None) or [])) or \
         type(model).__name__.endswith("ForMaskedLM")
 
@@ -208,22 +213,51 @@ def insertion(canary, spec, rng, ctx):
     out = []
     for _ in range(spec.num_variations):
         parts = blocks(canary["token_ids"], spec.ngram)
+        order = rng.sample(range(len(parts)), len(parts)) if spec.scrambled else list(range(len(parts)))
         new: list[int] = []
-        for j, b in enumerate(parts):
-            new.extend(b)
+        for j, k in enumerate(order):
+            new.extend(parts[k])
             if j < len(parts) - 1:
                 new.extend(rng.choice(vocab) for _ in range(spec.insert_tokens))
-        out.append({"token_ids": new, "inserted": spec.insert_tokens * (len(parts) - 1)})
+        v = {"token_ids": new, "inserted": spec.insert_tokens * (len(parts) - 1)}
+        if spec.scrambled:
+            v.update(scrambled=True, block_order=order)
+        out.append(v)
     return out
+
+
+def inversions(perm: list[int]) -> int:
+    return sum(1 for i in range(len(perm)) for j in range(i + 1, len(perm)) if perm[i] > perm[j])
 
 
 def kendall_tau_distance(perm: list[int]) -> float:
     """Normalized Kendall-tau distance of a permutation to the identity: discordant pairs / all pairs."""
     m = len(perm)
-    if m < 2:
-        return 0.0
-    disc = sum(1 for i in range(m) for j in range(i + 1, m) if perm[i] > perm[j])
-    return disc / (m * (m - 1) / 2)
+    return 0.0 if m < 2 else inversions(perm) / (m * (m - 1) / 2)
+
+
+def permutation_by_swaps(m: int, target: float, tol: float, rng: random.Random, max_swaps: int = 100_000) -> list[int]:
+    """The paper's shuffle: swap two blocks chosen at random, any distance apart, until the normalized Kendall-tau
+    distance is within tol of the target. A swap is kept only when it moves the distance up without passing
+    target + tol (else undone and redrawn): unconstrained random swaps drift towards 0.5 and never reach 0.9.
+    Permutations are global (blocks travel far), unlike the adjacent method's."""
+    total = m * (m - 1) // 2
+    if total == 0 or math.ceil((target - tol) * total - 1e-9) > math.floor((target + tol) * total + 1e-9):
+        raise UserError(f"Kendall-tau distance {target} +- {tol} is out of reach with {m} blocks; "
+                        "use a smaller --ngram or a larger --tau_tolerance")
+    perm, inv = list(range(m)), 0
+    for _ in range(max_swaps):
+        if abs(inv / total - target) <= tol:
+            return perm
+        i, j = sorted(rng.sample(range(m), 2))
+        perm[i], perm[j] = perm[j], perm[i]
+        new = inversions(perm)
+        if new <= inv or new / total > target + tol:  # no closer, or past the target: undo
+            perm[i], perm[j] = perm[j], perm[i]
+        else:
+            inv = new
+    raise UserError(f"Kendall-tau distance {target} +- {tol} not reached by random swaps of {m} blocks; "
+                    "use a larger --tau_tolerance or --shuffle_method adjacent")
 
 
 def permutation_at_distance(m: int, target: float, tol: float, rng: random.Random) -> list[int]:
@@ -245,8 +279,9 @@ def permutation_at_distance(m: int, target: float, tol: float, rng: random.Rando
 def shuffle(canary, spec, rng, ctx):
     parts = blocks(canary["token_ids"], spec.ngram)
     out = []
+    method = {"swaps": permutation_by_swaps, "adjacent": permutation_at_distance}[spec.shuffle_method]
     for _ in range(spec.num_variations):
-        perm = permutation_at_distance(len(parts), spec.kendall_tau, spec.tau_tolerance, rng)
+        perm = method(len(parts), spec.kendall_tau, spec.tau_tolerance, rng)
         out.append({"token_ids": [t for k in perm for t in parts[k]], "block_order": perm,
                     "kendall_tau": kendall_tau_distance(perm)})
     return out
@@ -288,13 +323,27 @@ class Context:
 
 
 NEEDS_MODEL = {"mlm", "mlm_random", "paraphrase"}
+PAPER_MLM = "FacebookAI/roberta-base"
+
+
+def resolve_candidate_model(name: str, strategy_name: str) -> str:
+    """`auto`: the paper's masked LM when it is in the local Hugging Face cache (mlm / mlm_random), else the
+    default causal model (offline); any other name as given."""
+    if name != "auto":
+        return name
+    if strategy_name != "paraphrase":
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(PAPER_MLM, "config.json"), str):
+            return PAPER_MLM
+    return "default"
 
 
 def make(canaries: list[dict], name: str, spec: VarSpec, ctx: Context, seed: int, progress=None) -> list[dict]:
     if name not in STRATEGIES:
         raise UserError(f"unknown candidate-gen strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
     rng = random.Random(seed)
-    if name == "mlm" and ctx.cand_tokenizer is ctx.tokenizer and not _is_masked_lm(ctx.model):
+    if name == "mlm" and ctx.cand_tokenizer is ctx.tokenizer and not is_masked_lm(ctx.model):
         ctx.cache = causal_candidates_batched(ctx.model, ctx.tokenizer, canaries, spec.topk)
     out = []
     for c in canaries:

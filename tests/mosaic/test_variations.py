@@ -62,13 +62,44 @@ def test_insertion_count(tiny, canary, n, x):
         assert kept == canary["token_ids"]  # the n-grams stay in order, X tokens between them
 
 
-@pytest.mark.parametrize("tau", [0.1, 0.3, 0.6, 0.9])
-def test_shuffle_meets_the_kendall_tau_target(tiny, canary, tau):
+@pytest.mark.parametrize("x", [1, 3])
+def test_scrambled_insertion_keeps_the_ngrams_not_their_order(tiny, canary, x):
     _, tok = tiny
-    spec = V.VarSpec(num_variations=4, ngram=1, kendall_tau=tau, tau_tolerance=0.05)
+    n, L = 2, len(canary["token_ids"])
+    spec = V.VarSpec(num_variations=4, ngram=n, insert_tokens=x, scrambled=True)
+    grams = V.blocks(canary["token_ids"], n)
+    orders = []
+    for v in V.make([canary], "insertion", spec, V.Context(tokenizer=tok), 0)[0]["variations"]:
+        assert v["scrambled"] and sorted(v["block_order"]) == list(range(len(grams)))
+        assert len(v["token_ids"]) == L + x * (len(grams) - 1)
+        at, got = 0, []
+        for k in v["block_order"]:  # each n-gram sits where the order puts it, X random tokens between
+            got.append(v["token_ids"][at:at + len(grams[k])])
+            at += len(grams[k]) + x
+        assert got == [grams[k] for k in v["block_order"]]
+        orders.append(v["block_order"])
+    assert any(o != sorted(o) for o in orders)
+
+
+@pytest.mark.parametrize("method", ["swaps", "adjacent"])
+@pytest.mark.parametrize("tau", [0.1, 0.3, 0.6, 0.9])
+def test_shuffle_meets_the_kendall_tau_target(tiny, canary, tau, method):
+    _, tok = tiny
+    spec = V.VarSpec(num_variations=4, ngram=1, kendall_tau=tau, tau_tolerance=0.05, shuffle_method=method)
     for v in V.make([canary], "shuffle", spec, V.Context(tokenizer=tok), 0)[0]["variations"]:
         assert abs(V.kendall_tau_distance(v["block_order"]) - tau) <= 0.05
         assert sorted(v["token_ids"]) == sorted(canary["token_ids"])
+
+
+def test_random_swaps_move_blocks_far_where_adjacent_swaps_stay_local():
+    """At a small distance the adjacent method moves every block by a step or two; random pairs move some far."""
+    rng = random.Random(0)
+    far = lambda p: max(abs(i - k) for i, k in enumerate(p))  # noqa: E731
+    swaps = [far(V.permutation_by_swaps(40, 0.05, 0.01, rng)) for _ in range(20)]
+    adjacent = [far(V.permutation_at_distance(40, 0.05, 0.01, rng)) for _ in range(20)]
+    assert sum(swaps) / 20 > 2 * sum(adjacent) / 20
+    with pytest.raises(V.UserError, match="out of reach"):
+        V.permutation_by_swaps(3, 0.5, 0.01, rng)  # 3 blocks: distances 0, 1/3, 2/3, 1 only
 
 
 def test_kendall_tau_distance():
@@ -83,3 +114,15 @@ def test_batched_causal_candidates_equal_one_at_a_time(tiny, canary):
     batched = V.causal_candidates_batched(model, tok, [canary, short], topk=6)
     for c in (canary, short):
         assert batched[c["id"]] == V.model_candidates(model, tok, tok, c["token_ids"], topk=6)
+
+
+def test_auto_candidate_model_is_the_papers_masked_lm_when_installed(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, f: None)  # nothing cached
+    assert V.resolve_candidate_model("auto", "mlm") == "default"
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, f: f"/cache/{repo}/{f}" if repo == V.PAPER_MLM else None)
+    assert V.resolve_candidate_model("auto", "mlm") == V.PAPER_MLM
+    assert V.resolve_candidate_model("auto", "paraphrase") == "default"  # paraphrase needs an instruct model
+    assert V.resolve_candidate_model("my/model", "mlm") == "my/model"
