@@ -6,6 +6,7 @@ STEPS = {
     "train": "fine-tune the target model on the injected corpus, logging the loss-attack AUC",
     "mia": "membership inference attacks: AUC and TPR at low FPR per canary group, ROC plot",
     "rho": "how many exact duplicates a fuzzy duplicate is worth (the paper's rho)",
-    "scan": "near-duplicate scan of a tokenized corpus (suffix arrays, Hamming / Levenshtein, parts in parallel)",
+    "scan": "near-duplicate scan of a tokenized corpus on Dask (suffix arrays, Hamming / Levenshtein)",
     "plot": "the paper's main figures from the JSON results",
+    "sweep": "one target per setting and seed (inject, train, mia), AUCs over seeds, rho",
 }

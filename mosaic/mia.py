@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
             atomic_write_json(out.parent / f"{out.stem}_exact.json", exact)
         if variants:
             atomic_write_json(out.parent / f"{out.stem}_variants.json", variants)
-        if exact and variants:  # the rho step's rho_ci: every group's AUC redrawn over canaries, replicate by replicate
+        if exact or variants:  # rho_ci (here or over a sweep's targets): every group's AUC redrawn, replicate by replicate
             s = result["scores"][cfg.rho_attack]
             m = np.asarray(s["members"])
             boot = bootstrap_aucs({lb: m[np.isin(member_ids, gids)] for lb, gids in groups.items()},

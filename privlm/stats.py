@@ -56,6 +56,19 @@ def bootstrap(statistic, *samples, confidence: float = CONFIDENCE, resamples: in
     return _pair(res.confidence_interval)
 
 
+def t_interval(values, confidence: float = CONFIDENCE) -> list[float] | None:
+    """Student-t interval of a mean over a few independent repeats (e.g. seeds of a sweep); None below 2."""
+    from scipy.stats import sem, t
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return None
+    if np.all(v == v[0]):
+        return [float(v[0]), float(v[0])]
+    low, high = t.interval(confidence, len(v) - 1, loc=v.mean(), scale=sem(v))
+    return [float(low), float(high)]
+
+
 def mean_ci(values, confidence: float = CONFIDENCE) -> list[float] | None:
     """Bootstrap interval of a mean over independent units (e.g. per-fingerprint retention over several templates)."""
     return bootstrap(np.mean, values, confidence=confidence)

@@ -66,3 +66,12 @@ def test_degenerate_inputs_give_no_interval_or_a_point():
     assert stats.wilson(0, 0) is None and stats.auc_ci([1.0], [0.0, 1.0]) is None
     assert stats.mean_ci([1.0, 1.0, 1.0]) == [1.0, 1.0]
     assert stats.fmt(0.5, [0.4, 0.6]) == "0.500 [0.400, 0.600]" and stats.fmt(None, None) == "-"
+
+
+def test_t_interval_is_the_student_t_formula():
+    from scipy.stats import t
+
+    v = [0.61, 0.66, 0.58]
+    half = t.ppf(0.975, 2) * np.std(v, ddof=1) / np.sqrt(3)
+    assert stats.t_interval(v) == pytest.approx([np.mean(v) - half, np.mean(v) + half])
+    assert stats.t_interval([0.7]) is None and stats.t_interval([0.7, 0.7]) == [0.7, 0.7]

@@ -1,5 +1,6 @@
 """The whole Mosaic pipeline on a tiny model through `python -m mosaic`, and bad input at each step."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +148,43 @@ def test_train_resumes_mid_epoch_after_a_kill_and_ends_where_an_unbroken_run_end
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_sweep_trains_one_target_per_setting_and_seed_and_resumes(canaries, tiny_model_dir, tmp_path):
+    var = tmp_path / "var.json"
+    proc = run_mosaic("variations", "--canaries", canaries, "--candidate-gen-strategy", "random",
+                      "--num-injection-points", "3", "--num-variations", "2", "--output", var)
+    assert proc.returncode == 0, proc.stderr
+    common = ["--canaries", canaries, "--canaries_per_group", "4", "--book_words", "30", "--reference", tiny_model_dir,
+              "--train_args", f"--model {tiny_model_dir} --block_size 32 --batch_size 2 --learning_rate 1e-3 "
+                              "--eval_every 0 --deepspeed_stage 0", "--output_dir", tmp_path / "sweep"]
+    proc = run_mosaic("sweep", "--settings", "exact:1", "exact:3", f"fuzzy:{var}", "--seeds", "0", *common)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert res["pooled"] is False and [r["name"] for r in res["settings"]] == ["exact_1", "exact_3", "random_R3"]
+    for r in res["settings"]:  # one model each: its own run folder, its injection holds only its group
+        d = Path(r["seeds"][0]["run"]).parent
+        groups = json.loads((d / "corpus" / "injection.json").read_text())["groups"]
+        assert [g["label"] for g in groups] == [r["name"]] and (d / "target" / "final_model").is_dir()
+        mia = json.loads((d / "mia.json").read_text())
+        assert mia["pooled"] is False and r["seeds"][0]["auc"] == r["auc_mean"] == next(
+            g["auc"] for g in mia["groups"] if g["name"] == r["name"])
+    assert {r["name"]: r["copies"] for r in res["settings"]} == {"exact_1": 1, "exact_3": 3, "random_R3": 3}
+    assert json.loads((tmp_path / "sweep" / "sweep_variants.json").read_text())["random_R3"]["copies"] == 3
+    rho = json.loads((tmp_path / "sweep" / "rho.json").read_text())["random_R3"]
+    assert rho["copies"] == 3 and "rho_ci" in rho
+    done = (tmp_path / "sweep" / "exact_1_s0" / "mia.json").stat().st_mtime_ns
+    proc = run_mosaic("sweep", "--settings", "exact:1", "--seeds", "0", "1", *common)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "sweep" / "exact_1_s0" / "mia.json").stat().st_mtime_ns == done  # seed 0 not redone
+    r = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["settings"][0]
+    aucs = [s["auc"] for s in r["seeds"]]
+    assert len(aucs) == 2 and r["auc_mean"] == pytest.approx(sum(aucs) / 2)
+    assert r["auc_mean_ci"] is not None and r["auc_mean_ci"][0] <= r["auc_mean"] <= r["auc_mean_ci"][1]
+
+
+def test_sweep_refuses_bad_settings_in_one_line(canaries, tmp_path):
+    proc = run_mosaic("sweep", "--settings", "exact:0", "--seeds", "1", "1", "--canaries", canaries,
+                      "--output_dir", tmp_path / "s")
+    assert_user_error(proc, "settings:", "seeds:")
+    assert not (tmp_path / "s").exists()
