@@ -49,14 +49,15 @@ demo-audit: venv
 	echo "[demo-audit] wall time $$(( $$(date +%s) - start )) s"
 
 # Mosaic memory on the default model: canaries, exact and fuzzy (mlm / random) duplicates in one injected corpus,
-# one fine-tuned target, every MIA attack per group, rho, a near-duplicate scan, figures. Finished steps are skipped.
+# one fine-tuned target, every MIA attack per group, rho, a near-duplicate scan on Dask, figures. Finished steps are
+# skipped.
 MD := results/mosaic_demo
 demo-mosaic: venv
 	@start=$$(date +%s); set -e; \
 	test -f $(MD)/canaries.json || $(BIN)/python -m mosaic canaries --config configs/mosaic/demo_canaries.yml; \
-	for s in mlm random; do for r in 2 8 16; do f=$(MD)/variations_$${s}_R$$r.json; test -f $$f || \
+	for v in mlm:2 mlm:8 random:8; do s=$${v%:*}; r=$${v#*:}; f=$(MD)/variations_$${s}_R$$r.json; test -f $$f || \
 	  $(BIN)/python -m mosaic variations --config configs/mosaic/demo_variations.yml \
-	    --candidate-gen-strategy $$s --num-injection-points $$r --output $$f; done; done; \
+	    --candidate-gen-strategy $$s --num-injection-points $$r --output $$f; done; \
 	test -f $(MD)/corpus/injection.json || $(BIN)/python -m mosaic inject --config configs/mosaic/demo_inject.yml; \
 	$(BIN)/python -m mosaic train --config configs/mosaic/demo_train.yml; \
 	$(BIN)/python -m mosaic mia --config configs/mosaic/demo_mia.yml --overwrite; \
