@@ -11,7 +11,7 @@ twice at each Levenshtein distance in --levenshtein (d/2 deletions and d/2 inser
 as found when the scan reports a hit at its position (Hamming) or within half a window of it (Levenshtein); exact
 counts must be 3. Each run scans the whole corpus (exact counts from every shard's suffix array, then the scan) in
 a fresh output folder. Last stdout line is JSON: rows of {workers, tokens, seconds, tokens_per_s,
-peak_rss_mb_per_worker}, planted_recall, counts_identical (scan.json the same for every worker count),
+peak_rss_mb_per_worker, stage_seconds}, planted_recall, counts_identical (scan.json the same for every worker count),
 scaling_2_over_1 (seconds with 1 worker / with 2).
 """
 from __future__ import annotations
@@ -117,7 +117,8 @@ def main():
             run = res["run"]
             rows.append({"workers": w, "tokens": args.tokens, "seconds": run["seconds"],
                          "tokens_per_s": round(args.tokens / run["seconds"]),
-                         "peak_rss_mb_per_worker": round(max(run["peak_rss_mb_per_worker"].values()), 1)})
+                         "peak_rss_mb_per_worker": round(max(run["peak_rss_mb_per_worker"].values()), 1),
+                         "stage_seconds": run["stage_seconds"]})
             print(f"[scan_scale] {json.dumps(rows[-1])}", flush=True)
             texts.append((out / "scan.json").read_text())
             recalls.append(recall(res, planted, args.length))

@@ -84,8 +84,9 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     client = S.connect(cfg.scheduler, cfg.workers or os.cpu_count() or 1)
     try:
-        result = scan(cfg, client, out)
-        run = {"seconds": round(time.perf_counter() - t0, 3), "num_tokens": result["num_tokens"],
+        stages: dict[str, float] = {}
+        result = scan(cfg, client, out, stages)
+        run = {"seconds": round(time.perf_counter() - t0, 3), "stage_seconds": stages, "num_tokens": result["num_tokens"],
                "shards": result["shards"], "workers": len(client.scheduler_info()["workers"]),
                "scheduler": cfg.scheduler or "local", "peak_rss_mb_per_worker": S.worker_peak_rss_mb(client)}
     finally:
@@ -95,7 +96,15 @@ def main(argv=None) -> dict:
     return result
 
 
-def scan(cfg: ScanConfig, client, out: Path) -> dict:
+def scan(cfg: ScanConfig, client, out: Path, stages: dict) -> dict:
+    """The stages on `client`; `stages` gets each one's wall time (seconds)."""
+    clock = time.perf_counter()
+
+    def lap(name):
+        nonlocal clock
+        stages[name] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+
     if cfg.build_from:
         from privlm.mosaic.inject import load_books
 
@@ -104,6 +113,7 @@ def scan(cfg: ScanConfig, client, out: Path) -> dict:
         meta = S.build_corpus(client, docs, cfg.tokenizer, cfg.corpus, cfg.docs_per_shard)
         print(f"[mosaic] tokenized {meta['num_docs']} documents into {meta['num_tokens']} tokens in "
               f"{len(meta['files'])} file(s): {cfg.corpus}.json")
+        lap("tokenize")
     meta = S.open_corpus(cfg.corpus)
     shard_tokens = -(-meta["num_tokens"] // cfg.parts) if cfg.parts else cfg.shard_tokens
     shards = S.shard_plan(meta, shard_tokens)
@@ -134,6 +144,7 @@ def scan(cfg: ScanConfig, client, out: Path) -> dict:
             if not queries:
                 raise UserError(f"no window of {cfg.length} tokens with {cfg.min_unique} distinct tokens and a count "
                                 f"in the buckets' ranges {ranges} in the first shard")
+            lap("enumerate")
         [qf] = client.scatter([queries], broadcast=True)  # one object on every worker
         counts = S.run_shards(client, S.count_shard, {i: (s, dtype, qf) for i, s in enumerate(shards)}, parts_dir,
                               "count", S.digest([base, queries]), what="exact counts")
@@ -141,6 +152,7 @@ def scan(cfg: ScanConfig, client, out: Path) -> dict:
         targets = S.select_targets(queries, total, None if cfg.targets_file else cfg.target_buckets,
                                    cfg.bucket_tolerance, cfg.n_per_bucket)
         atomic_write_json(targets_path, {"key": targets_key, "targets": targets}, None)
+        lap("count")
 
     # (2) every shard scans for every target
     toks = [t["tokens"] for t in targets]
@@ -148,6 +160,7 @@ def scan(cfg: ScanConfig, client, out: Path) -> dict:
     res = S.run_shards(client, S.scan_shard, {i: (s, dtype, tf, cfg.max_distance, cfg.nms_window)
                                               for i, s in enumerate(shards)}, parts_dir, "scan",
                        S.digest([base, toks, cfg.max_distance, cfg.nms_window]), what="scan")
+    lap("scan")
 
     # (3) merge: shards hold disjoint documents, so hits concatenate
     result = {"corpus": cfg.corpus, "num_tokens": int(meta["num_tokens"]), "shards": len(shards),
