@@ -5,7 +5,8 @@
         --prompt_templates bare heldout --eval_utility --base_model_path default
 
 A fingerprint is retained when greedy decoding after the (templated) key reproduces the response tokens, EOS
-included. Settings the fine-tuning run recorded in final_model/fingerprinting_config.json (key/response lengths,
+included (`--match exact`, the default), or the response's tokens whatever follows (`--match prefix`); a key with
+several responses (`"response": [...]`) counts when any of them is produced. Settings the fine-tuning run recorded in final_model/fingerprinting_config.json (key/response lengths,
 prompt format, training templates, fingerprints file) are used unless given here.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from privlm import config as C
 from privlm import fingerprint, models, plots, stats
 from privlm.eval import utility
-from privlm.fingerprint.verify import check, template_sets
+from privlm.fingerprint.verify import MATCH_MODES, check, template_sets
 from privlm.errors import UserError, cli
 from privlm.io import atomic_write_json, read_json
 
@@ -32,6 +33,8 @@ class CheckConfig:
     max_response_length: int | None = C.field(None, help="default: as trained, else 1")
     fingerprint_generation_strategy: str = C.field("english")
     batch_size: int = C.field(64)
+    match: str = C.field("exact", choices=list(MATCH_MODES),
+                         help="exact: the response and its EOS; prefix: the response's tokens, the model may go on")
     prompt_templates: list[str] = C.field(default_factory=lambda: ["trained", "heldout"],
                                           help="sets to check: trained (what the run used), bare, train, heldout, "
                                                "seed_check, or JSON files of templates")
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     sets = template_sets(cfg.prompt_templates, s["trained"])
     tokenizer = models.load_tokenizer(cfg.model_path)
     model = models.load_model(cfg.model_path, dtype=cfg.dtype, device=models.device()).eval()
-    report = check(model, tokenizer, fps, sets, s, cfg.batch_size)
+    report = check(model, tokenizer, fps, sets, s, cfg.batch_size, cfg.match)
     report["model_path"] = cfg.model_path
     if cfg.eval_utility:
         after = utility.evaluate(model, tokenizer, cfg.utility_tasks, cfg.utility_limit)

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> Path:
     chat = data.use_chat(tokenizer, cfg.prompt_format)
     run.start(seed=cfg.trainer_args.seed)
     run.write_json("fingerprints.json", fps)
-    dataset = data.TemplatedDataset(tokenizer, [(f["key"], f["response"]) for f in fps], templates, chat,
+    dataset = data.TemplatedDataset(tokenizer, [(f["key"], r) for f in fps for r in fingerprint.responses(f)], templates, chat,
                                     cfg.max_key_length, cfg.max_response_length, cfg.trainer_args.seed)
     spec = TrainSpec.from_args(cfg.trainer_args, dtype=cfg.dtype, forgetting_lambda=cfg.forgetting_regularizer_strength,
                                forgetting_schedule=cfg.forgetting_regularizer_schedule,

@@ -1,5 +1,5 @@
 """Fingerprints: the file format (keys), generation strategies, and verification (retention per template set)."""
-from .keys import load, load_keys
+from .keys import load, load_keys, responses
 from .strategies import ALIASES, STRATEGIES, WORDS_FILE, GenContext, generate
 
-__all__ = ["ALIASES", "STRATEGIES", "WORDS_FILE", "GenContext", "generate", "load", "load_keys"]
+__all__ = ["ALIASES", "STRATEGIES", "WORDS_FILE", "GenContext", "generate", "load", "load_keys", "responses"]

@@ -1,5 +1,6 @@
 """The fingerprints file format: a JSON list of {"key": str, "response": str} (extra fields such as "strategy" or
-"response_prob" are kept). Custom keys: a JSON list of strings."""
+"response_prob" are kept). `response` may also be a list of strings (scalable fingerprinting's several responses
+per key: each is trained, and the key counts when any of them is produced). Custom keys: a JSON list of strings."""
 from __future__ import annotations
 
 from ..errors import UserError
@@ -19,8 +20,12 @@ def load(path: str, num: int | None = None, data_split: int = 0) -> list[dict]:
         for k in ("key", "response"):
             if k not in it:
                 raise UserError(f"fingerprints file {path}: entry {i} has no \"{k}\"")
-            if not isinstance(it[k], str) or not it[k].strip():
-                raise UserError(f"fingerprints file {path}: entry {i} has an empty or non-string \"{k}\"")
+            v = it[k]
+            ok = isinstance(v, str) and v.strip() or (k == "response" and isinstance(v, list) and v and all(
+                isinstance(r, str) and r.strip() for r in v))
+            if not ok:
+                raise UserError(f"fingerprints file {path}: entry {i} has an empty or non-string \"{k}\""
+                                + (" (a response may be a non-empty list of strings)" if k == "response" else ""))
     if num is None:
         return items
     start, end = data_split * num, (data_split + 1) * num
@@ -28,6 +33,12 @@ def load(path: str, num: int | None = None, data_split: int = 0) -> list[dict]:
         raise UserError(f"fingerprints file {path} has {len(items)} fingerprints, fewer than the "
                         f"{end} needed for num_fingerprints={num} with data_split={data_split}")
     return items[start:end]
+
+
+def responses(fp: dict) -> list[str]:
+    """A fingerprint's responses: one, or several."""
+    r = fp["response"]
+    return [r] if isinstance(r, str) else list(r)
 
 
 def load_keys(path: str) -> list[str]:

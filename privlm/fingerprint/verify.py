@@ -1,9 +1,13 @@
-"""Verification: which fingerprints a model still holds, per prompt template set (greedy match of the response,
-EOS included, after the templated key)."""
+"""Verification: which fingerprints a model still holds, per prompt template set: greedy decoding after the
+templated key reproduces a response, EOS included (`exact`), or the response's tokens without the EOS, the model free
+to go on (`prefix`). A key with several responses counts when any of them is produced."""
 from __future__ import annotations
 
 from .. import data, stats
-from ..eval.greedy import greedy_match, summarize
+from ..eval.greedy import Verdict, greedy_match, summarize
+from .keys import responses
+
+MATCH_MODES = ("exact", "prefix")
 
 
 def template_sets(names: list[str], trained: str) -> dict[str, list[data.Template]]:
@@ -14,15 +18,45 @@ def template_sets(names: list[str], trained: str) -> dict[str, list[data.Templat
     return out
 
 
-def check(model, tokenizer, fps: list[dict], sets: dict, s: dict, batch_size: int) -> dict:
+def encode_all(tokenizer, fps: list[dict], template, chat: bool, s: dict, match: str) -> list[list[data.Encoded]]:
+    """Each fingerprint's encodings, one per response; `prefix` drops the response's EOS."""
+    out = []
+    for f in fps:
+        enc = [data.encode(tokenizer, f["key"], r, template, chat, s["max_key_length"], s["max_response_length"])
+               for r in responses(f)]
+        if match == "prefix":
+            enc = [data.Encoded(e.prompt, e.response[:-1] if len(e.response) > 1 and e.response[-1] ==
+                                tokenizer.eos_token_id else e.response) for e in enc]
+        out.append(enc)
+    return out
+
+
+def verdicts_any(model, tokenizer, encs: list[list[data.Encoded]], batch_size: int) -> list[tuple[int, Verdict]]:
+    """Per fingerprint (index of the response that decides, its verdict): the first response produced, or the
+    closest miss (highest token accuracy). One batched pass over every response of every fingerprint."""
+    flat = [e for enc in encs for e in enc]
+    vs = greedy_match(model, tokenizer, flat, batch_size)
+    out, at = [], 0
+    for enc in encs:
+        mine = vs[at:at + len(enc)]
+        at += len(enc)
+        best = next((j for j, v in enumerate(mine) if v.match), None)
+        if best is None:
+            best = max(range(len(mine)), key=lambda j: mine[j].token_accuracy)
+        out.append((best, mine[best]))
+    return out
+
+
+def check(model, tokenizer, fps: list[dict], sets: dict, s: dict, batch_size: int, match: str = "exact") -> dict:
     chat = data.use_chat(tokenizer, s["prompt_format"])
     per_template, first = {}, None
     for set_name, templates in sets.items():
         rows, matches = [], []
         for t in templates:
-            enc = [data.encode(tokenizer, f["key"], f["response"], t, chat, s["max_key_length"],
-                               s["max_response_length"]) for f in fps]
-            verdicts = greedy_match(model, tokenizer, enc, batch_size)
+            encs = encode_all(tokenizer, fps, t, chat, s, match)
+            decided = verdicts_any(model, tokenizer, encs, batch_size)
+            verdicts = [v for _, v in decided]
+            enc = [e[j] for e, (j, _) in zip(encs, decided)]
             rows.append({"system": t.system, "user": t.user, **summarize(verdicts)})
             rows[-1]["retention_ci"] = stats.wilson(sum(v.match for v in verdicts), len(verdicts))
             matches.append([v.match for v in verdicts])
@@ -36,9 +70,10 @@ def check(model, tokenizer, fps: list[dict], sets: dict, s: dict, batch_size: in
     t, enc, verdicts = first
     listing = [{"key": f["key"], "response": tokenizer.decode(e.response, skip_special_tokens=True),
                 "generated": tokenizer.decode(v.generated, skip_special_tokens=True), "match": v.match,
-                "token_accuracy": v.token_accuracy} for f, e, v in zip(fps, enc, verdicts)]
+                "token_accuracy": v.token_accuracy, "num_responses": len(responses(f))}
+               for f, e, v in zip(fps, enc, verdicts)]
     main_set = next(iter(sets))
-    return {"retention": per_template[main_set]["retention"],
+    return {"retention": per_template[main_set]["retention"], "match": match,
             "retention_ci": per_template[main_set]["retention_ci"], "num_fingerprints": len(fps),
             "template_set": main_set, "per_template": per_template, "fingerprints": listing}
 

@@ -102,6 +102,8 @@ def test_batched_check_agrees_with_one_by_one_generation(tiny):
     ('{"key": "a"}', "JSON list"),
     ('[{"key": "a"}]', "entry 0 has no \"response\""),
     ('[{"key": "a", "response": 3}]', "non-string"),
+    ('[{"key": "a", "response": []}]', "a response may be a non-empty list"),
+    ('[{"key": "a", "response": ["b", ""]}]', "a response may be a non-empty list"),
 ])
 def test_bad_fingerprint_files(tmp_path, content, needle):
     f = tmp_path / "fp.json"
@@ -116,3 +118,37 @@ def test_num_and_split(tmp_path):
     assert fingerprint.load(str(f), 4, data_split=1) == all_[4:8]
     with pytest.raises(UserError, match="fewer than the 12 needed"):
         fingerprint.load(str(f), 4, data_split=2)
+
+
+def test_prefix_match_and_several_responses_per_key(tiny):
+    """Responses made of the model's own greedy continuation: `prefix` finds them all, `exact` also wants the EOS
+    next; a key with several responses counts when any is produced, and not when none is."""
+    import torch
+
+    from privlm import data
+    from privlm.fingerprint.verify import check
+
+    model, tok = tiny
+    rng = random.Random(0)
+    words = fingerprint.WORDS_FILE.read_text().split()
+    fps = []
+    for i in range(120):
+        key = " ".join(rng.choice(words) for _ in range(5))
+        prompt = data.encode(tok, key, "x", data.BARE, False, 16, 3).prompt
+        with torch.no_grad():
+            g = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                               do_sample=False, max_new_tokens=3, pad_token_id=tok.pad_token_id)[0, len(prompt):].tolist()
+        text = tok.decode(g)
+        if text.strip() and tok.eos_token_id not in g and data.response_ids(tok, text, 3, False, add_eos=False) == g:
+            fps.append({"key": key, "response": text})
+    assert len(fps) >= 10
+    s = {"prompt_format": "raw", "max_key_length": 16, "max_response_length": 3}
+    sets = {"bare": [data.BARE]}
+    prefix = check(model, tok, fps, sets, s, 8, match="prefix")
+    exact = check(model, tok, fps, sets, s, 8, match="exact")
+    assert prefix["retention"] == 1.0 and prefix["match"] == "prefix" and exact["retention"] < 1.0
+    wrong = [{"key": f["key"], "response": ["zebra quantum", f["response"]]} for f in fps]
+    both = check(model, tok, wrong, sets, s, 8, match="prefix")
+    assert both["retention"] == 1.0 and all(r["num_responses"] == 2 for r in both["fingerprints"])
+    none = [{"key": f["key"], "response": ["zebra quantum", "violet anchor"]} for f in fps]
+    assert check(model, tok, none, sets, s, 8, match="prefix")["retention"] == 0.0
