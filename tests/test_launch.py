@@ -25,3 +25,26 @@ def test_sweep_runs_checks_collects_and_skips(tmp_path, tiny_model_dir):
     assert all(0.0 <= float(r["retention"]) <= 1.0 and r["final_loss"] for r in rows)
     second = sweep(tmp_path, tiny_model_dir, fp)
     assert second.returncode == 0 and second.stdout.count("skip (finished)") == 2, second.stdout
+
+
+def test_seed_style_arrays_at_the_top_of_the_script_set_the_grid(tmp_path):
+    """The seed's way: edit model_families=(...) and friends at the top of the script (here piped into bash with the
+    arrays edited); environment variables still win. DRY_RUN prints the planned runs and trains nothing."""
+    fp = write_fingerprints(tmp_path / "fp.json", 8)
+    script = (ROOT / "launch_multigpu.sh").read_text()
+    edits = {'model_families=()': 'model_families=("mistral")', 'model_sizes=()': 'model_sizes=("7B" "7B-Instruct")',
+             'max_num_fingerprints=("32")': 'max_num_fingerprints=("4" "8")'}
+    for old, new in edits.items():
+        assert old in script
+        script = script.replace(old, new, 1)
+    env = {**child_env(), "PY": sys.executable, "GPUS": "", "DRY_RUN": "1", "FINGERPRINTS_FILE": str(fp),
+           "RESULTS": str(tmp_path / "results")}
+    proc = subprocess.run(["bash", "-s"], input=script, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    plans = [line for line in proc.stdout.splitlines() if line.startswith("[sweep] plan:")]
+    assert len(plans) == 4 and len({p.split(" -> ")[1] for p in plans}) == 4  # 1 family x 2 sizes x 2 counts
+    assert sum("--model_family mistral --model_size 7B-Instruct " in p for p in plans) == 2
+    assert not (tmp_path / "results").exists()
+    proc = subprocess.run(["bash", "-s"], input=script, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**env, "NUM_FINGERPRINTS": "4"})  # the environment wins over the edited array
+    assert proc.returncode == 0 and proc.stdout.count("[sweep] plan:") == 2, proc.stdout + proc.stderr
