@@ -85,6 +85,7 @@ bench: venv
 	$(BIN)/python benchmarks/dp_full_overhead.py
 	$(BIN)/python benchmarks/mia_throughput.py
 	$(BIN)/python benchmarks/scan_speed.py
+	$(BIN)/python benchmarks/scan_scale.py
 
 clean:
 	rm -rf results generated_data/demo_fingerprints.json

@@ -135,7 +135,7 @@ def build_groups(members: list[dict], specs: list[str], per_group: int = 0) -> l
                 raise UserError(f"{arg}: no variations for canaries {missing[:5]} (group {spec}); "
                                 "generate variations for all members or reorder the groups")
         copies = {c["id"]: ([c["text"]] * int(arg) if kind == "exact" else
-                            [c["text"]] + [v["text"] for v in var_by_id[c["id"]]["variations"]]) for c in chosen}
+                            [c["text"]] + [v["text"] for v in var_by_id[c["id"]].get("variations") or []]) for c in chosen}
         sizes = {len(v) for v in copies.values()}
         if len(sizes) != 1 or min(sizes) < (1 if kind == "exact" else 2):
             raise UserError(f"{arg}: every canary of group {spec} needs the same number (>= 1) of variations "

@@ -31,3 +31,20 @@ def test_too_short_books_and_bad_groups_are_user_errors():
             I.parse_group(bad)
     assert I.group_label("fuzzy:x.json", {"strategy": "mlm", "num_injection_points": 10}) == "mlm_R10"
     assert I.group_label("exact:7") == "exact_7"
+
+
+def test_a_variations_file_without_a_sound_copy_count_is_refused(tmp_path):
+    """rho divides by a group's copies per canary: every canary of a fuzzy group must have the same number."""
+    import json
+
+    members = [{"id": i, "text": f"canary {i}"} for i in range(4)]
+    good = {"canaries": [{"id": i, "variations": [{"text": f"v{i}a"}, {"text": f"v{i}b"}]} for i in range(4)]}
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    g = I.build_groups(members, [f"fuzzy:{tmp_path / 'good.json'}"], 4)[0]
+    assert g["num_copies"] == 3 and all(len(c) == 3 for c in g["copies"].values())
+    uneven = {"canaries": good["canaries"][:3] + [{"id": 3, "variations": [{"text": "only one"}]}]}
+    bare = {"canaries": [{"id": i} for i in range(4)]}
+    for name, content in (("uneven", uneven), ("bare", bare)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(content))
+        with pytest.raises(UserError, match="same number"):
+            I.build_groups(members, [f"fuzzy:{tmp_path / name}.json"], 4)
