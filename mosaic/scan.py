@@ -12,8 +12,9 @@ Kubernetes clusters start the same scheduler). The corpus is cut into shards of 
 document boundaries (--parts N: N shards instead); every stage runs one task per shard and each task writes its own
 result under <output_dir>/parts/, so a killed scan keeps its finished shards and the retry does not redo them.
 Stages: (0) --build_from: workers tokenize chunks of --docs_per_shard documents into token files; (1) targets: the
-first shard's suffix array and LCP array enumerate its windows by exact-duplicate count (as the paper takes them from
-one of its 20 chunks), at most --num_candidates per bucket, then every shard counts them exactly and targets are
+suffix and LCP arrays of --enumerate_shards shards (1 by default, as the paper takes them from one of its 20 chunks;
+0: all) enumerate their windows by exact-duplicate count, at most --num_candidates per bucket and shard, then every
+shard counts them exactly and targets are
 the windows whose total count is within --bucket_tolerance x bucket (or --targets_file: JSON list of token-id lists
 or strings); (2) every shard scans for every target (broadcast to the workers): sliding window, bag-of-tokens
 prefilter, Hamming and Levenshtein distances (rapidfuzz), non-maximum suppression; (3) merge into scan.json (per
@@ -56,7 +57,9 @@ class ScanConfig:
     bucket_tolerance: float = C.field(0.01, aliases=("--target-bucket-tolerance",),
                                       help="a target's exact count is within tolerance x bucket (the paper's 0.01)")
     n_per_bucket: int = C.field(100, aliases=("--n-per-bucket",))
-    num_candidates: int = C.field(1000, help="windows per bucket enumerated from the first shard and counted")
+    num_candidates: int = C.field(1000, help="windows per bucket (and enumerated shard) whose counts are taken")
+    enumerate_shards: int = C.field(1, help="shards, spread over the corpus, whose suffix + LCP arrays enumerate "
+                                            "candidate windows (the paper: 1 of 20); 0: all")
     min_unique: int = C.field(50, aliases=("--uniq-token-min",))
     max_distance: int = C.field(50)
     nms_window: int | None = C.field(None, help="NMS radius in tokens (default: length)")
@@ -67,7 +70,8 @@ class ScanConfig:
     def validate(self):
         p = [f"{k}: must be >= 1" for k in ("length", "n_per_bucket", "num_candidates", "shard_tokens",
                                            "docs_per_shard") if getattr(self, k) < 1]
-        p += [f"{k}: must be >= 0" for k in ("parts", "workers", "min_unique", "max_distance") if getattr(self, k) < 0]
+        p += [f"{k}: must be >= 0" for k in ("parts", "workers", "min_unique", "max_distance", "enumerate_shards")
+              if getattr(self, k) < 0]
         if self.max_distance >= self.length:
             p.append("max_distance: must be smaller than length")
         if not self.target_buckets or min(self.target_buckets) < 1:
@@ -133,17 +137,18 @@ def scan(cfg: ScanConfig, client, out: Path, stages: dict) -> dict:
         if cfg.targets_file:
             queries = S.load_targets(cfg.targets_file, cfg.tokenizer)
         else:
-            fraction = (shards[0]["end"] - shards[0]["start"]) / meta["num_tokens"]
-            ranges = S.candidate_ranges(cfg.target_buckets, cfg.bucket_tolerance, fraction)
-            args = (shards[0], dtype, sep, cfg.length, ranges, cfg.num_candidates, cfg.min_unique, cfg.seed)
-            found = S.run_shards(client, S.enumerate_shard, {0: args}, parts_dir, "enumerate",
-                                 S.digest([base, cfg.length, ranges, cfg.num_candidates, cfg.min_unique, cfg.seed]),
-                                 what="enumerating windows by exact count")[0]
-            queries = [q for per_range in found for q in per_range]
-            queries = list({tuple(q): q for q in queries}.values())  # a window can fit two ranges
+            picks = S.spread(len(shards), cfg.enumerate_shards)
+            jobs = {i: (shards[i], dtype, sep, cfg.length, S.candidate_ranges(
+                cfg.target_buckets, cfg.bucket_tolerance, (shards[i]["end"] - shards[i]["start"]) / meta["num_tokens"]),
+                cfg.num_candidates, cfg.min_unique, cfg.seed + i) for i in picks}
+            found = S.run_shards(client, S.enumerate_shard, jobs, parts_dir, "enumerate",
+                                 {i: S.digest([base, i, a[3:]]) for i, a in jobs.items()},
+                                 what="enumerating windows by exact count")
+            queries = [q for i in picks for per_range in found[i] for q in per_range]
+            queries = list({tuple(q): q for q in queries}.values())  # a window can fit two ranges or shards
             if not queries:
                 raise UserError(f"no window of {cfg.length} tokens with {cfg.min_unique} distinct tokens and a count "
-                                f"in the buckets' ranges {ranges} in the first shard")
+                                f"in the buckets' ranges in the enumerated shard(s)")
             lap("enumerate")
         [qf] = client.scatter([queries], broadcast=True)  # one object on every worker
         counts = S.run_shards(client, S.count_shard, {i: (s, dtype, qf) for i, s in enumerate(shards)}, parts_dir,

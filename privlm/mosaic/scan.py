@@ -293,6 +293,13 @@ def candidate_ranges(buckets: list[int], tolerance: float, fraction: float) -> l
     return [(max(1, int(np.floor(b * fraction * 0.5))), max(1, int(np.ceil(b * fraction * 2)))) for b in buckets]
 
 
+def spread(n: int, k: int) -> list[int]:
+    """k of n shard indices spread evenly over the corpus, the first included (k = 0 or k >= n: all)."""
+    if k <= 0 or k >= n:
+        return list(range(n))
+    return sorted({int(round(i * (n - 1) / (k - 1))) for i in range(k)}) if k > 1 else [0]
+
+
 def load_targets(path: str, tokenizer_name: str) -> list[list[int]]:
     raw = read_json(path, "targets file")
     if not isinstance(raw, list) or not raw:

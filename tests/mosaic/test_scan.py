@@ -230,3 +230,19 @@ def test_empty_corpus_is_a_user_error(tmp_path):
                       "--output_dir", tmp_path / "out")
     assert_user_error(proc, "empty")
     assert not (tmp_path / "tok.json").exists() and not (tmp_path / "out").exists()
+
+
+def test_windows_repeated_outside_the_first_shard_need_more_enumerated_shards(tmp_path):
+    """The paper enumerates one chunk; a sequence repeated only in the corpus' second half is found with
+    --enumerate_shards 0 (all shards) and missed with the default 1."""
+    rng = np.random.default_rng(5)
+    rep = list(rng.integers(300, 400, 20))
+    docs = [list(rng.integers(0, 300, 200)) + (rep if i >= 10 else []) for i in range(20)]
+    S.build_token_file([" ".join(map(str, d)) for d in docs], IdTok(), tmp_path / "tok")
+    args = ["--corpus", tmp_path / "tok", "--length", "20", "--target_buckets", "10", "--n_per_bucket", "1",
+            "--min_unique", "5", "--max_distance", "2", "--parts", "2", "--workers", "1"]
+    assert_user_error(run_mosaic("scan", *args, "--output_dir", tmp_path / "one"), "enumerated shard")
+    proc = run_mosaic("scan", *args, "--enumerate_shards", "0", "--output_dir", tmp_path / "all")
+    assert proc.returncode == 0, proc.stderr
+    t = json.loads((tmp_path / "all" / "scan.json").read_text())["targets"][0]
+    assert t["exact_count"] == 10 and t["tokens"] == [int(x) for x in rep]
