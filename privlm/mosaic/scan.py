@@ -285,12 +285,23 @@ def bucket_of(count_: int, buckets: list[int], tolerance: float) -> int | None:
 
 
 def candidate_ranges(buckets: list[int], tolerance: float, fraction: float) -> list[tuple[int, int]]:
-    """Count ranges in the enumerated shard for windows whose whole-corpus count may fall in each bucket. The shard
-    holds `fraction` of the corpus; with the whole corpus in it the ranges are the buckets themselves, else (as the
-    paper does with one of 20 chunks) a window of 0.5x-2x the expected share, since counts are re-taken over all shards."""
-    if fraction >= 1:
-        return [(max(1, int(np.ceil(b * (1 - tolerance)))), int(np.floor(b * (1 + tolerance)))) for b in buckets]
-    return [(max(1, int(np.floor(b * fraction * 0.5))), max(1, int(np.ceil(b * fraction * 2)))) for b in buckets]
+    """Count ranges in the enumerated shard for windows whose whole-corpus count may fall in the buckets. The shard
+    holds `fraction` of the corpus; with the whole corpus in it the ranges are the buckets themselves. Else two per
+    bucket, each drawn from separately: windows whose copies spread over the corpus (0.5x-2x the shard's expected
+    share, as the paper used counts 5/50/500 in one of 20 chunks for buckets 100/1000/10000), and windows whose
+    copies sit together in this shard (above that, up to the bucket's whole count). Counts are then re-taken over
+    every shard, so a candidate outside its bucket only costs a count."""
+    out = []
+    for b in buckets:
+        hi = int(np.floor(b * (1 + tolerance)))
+        if fraction >= 1:
+            out.append((max(1, int(np.ceil(b * (1 - tolerance)))), hi))
+            continue
+        lo, mid = max(1, int(np.floor(b * fraction * 0.5))), max(1, int(np.ceil(b * fraction * 2)))
+        out.append((lo, min(mid, hi)))
+        if mid < hi:
+            out.append((mid + 1, hi))
+    return out
 
 
 def spread(n: int, k: int) -> list[int]:

@@ -246,3 +246,17 @@ def test_windows_repeated_outside_the_first_shard_need_more_enumerated_shards(tm
     assert proc.returncode == 0, proc.stderr
     t = json.loads((tmp_path / "all" / "scan.json").read_text())["targets"][0]
     assert t["exact_count"] == 10 and t["tokens"] == [int(x) for x in rep]
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 1 / 3, 0.05])
+def test_candidate_ranges_cover_spread_and_concentrated_copies(fraction):
+    """A window of a bucket can hold its shard's share of the copies (spread) or all of them (one document): both
+    local counts fall in one of the bucket's ranges; with the whole corpus in the shard, only the bucket itself."""
+    for b in (1, 8, 16, 1000):
+        ranges = S.candidate_ranges([b], 0.01, fraction)
+        inside = lambda c: any(lo <= c <= hi for lo, hi in ranges)  # noqa: E731
+        assert inside(b)  # concentrated: every copy in this shard
+        assert inside(max(1, round(b * fraction)))  # spread: the shard's share
+        assert not inside(b + max(1, round(0.02 * b)))  # above the bucket's tolerance: never a candidate
+        if fraction == 1.0:
+            assert ranges == [(b, b)] if b < 100 else ranges == [(990, 1010)]
