@@ -76,14 +76,22 @@ def rho_png(rho: dict, path) -> Path:
 
 
 def scan_png(summary: dict, path) -> Path:
-    """Mean cumulative near-duplicate count vs distance per duplicate-count bucket, Hamming and Levenshtein."""
+    """Mean cumulative near-duplicate count vs distance per duplicate-count bucket (Hamming, Levenshtein) and the
+    fuzzy duplicates per exact duplicate (Levenshtein), with 95% bands over targets."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
-    for ax, metric in zip(axes, ("hamming", "levenshtein")):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    panels = [(axes[0], "mean_cumulative_hamming", "Hamming", "near-duplicates per target"),
+              (axes[1], "mean_cumulative_levenshtein", "Levenshtein", "near-duplicates per target"),
+              (axes[2], "fuzzy_per_exact_levenshtein", "Fuzzy per exact duplicate", "fuzzy / exact (Levenshtein)")]
+    for ax, key, title, ylabel in panels:
         for bucket, s in summary.items():
-            ys = s[f"mean_cumulative_{metric}"]
-            ax.plot(range(len(ys)), ys, label=f"{bucket} exact copies")
-        ax.set(xlabel=f"{metric} distance (tokens)", ylabel="near-duplicates per target", yscale="log",
-               title=metric.capitalize())
+            ys = s[key]
+            line, = ax.plot(range(len(ys)), ys, label=f"{bucket} exact copies")
+            band = [(d, c) for d, c in enumerate(s.get(f"{key}_ci") or []) if c]
+            if band:
+                ax.fill_between([d for d, _ in band], [c[0] for _, c in band], [c[1] for _, c in band],
+                                color=line.get_color(), alpha=0.2, lw=0)
+        ax.set(xlabel="distance (tokens)", ylabel=ylabel, title=title)
+        ax.set_yscale("symlog" if key.startswith("fuzzy") else "log")
         ax.legend(fontsize=8)
     return save(fig, path)

@@ -510,7 +510,7 @@ def _ratio_of_sums(num, den, axis=-1):
 def merge(targets: list[dict], part_results: list[list[dict]], max_distance: int) -> dict:
     """Per-target distance histograms; per bucket the mean cumulative counts and the fuzzy duplicates per exact
     duplicate at each distance (near-duplicates at distance 1..d over the exact copies, summed over the bucket's
-    targets) with a bootstrap 95% interval over targets."""
+    targets), each with a bootstrap 95% interval over targets (None with one target)."""
     per_target, summary = [], {}
     for j, t in enumerate(targets):
         entry = {"id": j, "bucket": t["bucket"], "exact_count": t["exact_count"], "tokens": t["tokens"]}
@@ -527,6 +527,7 @@ def merge(targets: list[dict], part_results: list[list[dict]], max_distance: int
             cum = np.array([np.cumsum(r[m]) for r in rows], dtype=float)
             fuzzy = cum - cum[:, :1]
             s[f"mean_cumulative_{m}"] = cum.mean(0).round(3).tolist()
+            s[f"mean_cumulative_{m}_ci"] = [stats.mean_ci(cum[:, d]) for d in range(max_distance + 1)]
             s[f"fuzzy_per_exact_{m}"] = (fuzzy.sum(0) / exact.sum()).round(4).tolist()
             s[f"fuzzy_per_exact_{m}_ci"] = [None] + [
                 stats.bootstrap(_ratio_of_sums, fuzzy[:, d], exact, paired=True)

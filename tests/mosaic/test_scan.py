@@ -217,6 +217,12 @@ def test_scan_samples_targets_by_bucket_and_resumes(tmp_path):
     buckets = {t["bucket"]: t for t in res["targets"]}
     assert set(buckets) == {1, 10} and buckets[10]["exact_count"] == 10 and buckets[10]["hamming"][0] == 10
     assert (tmp_path / "out" / "scan.png").stat().st_size > 0
+    for b, s in res["summary"].items():  # every mean and ratio with its interval over the bucket's targets
+        for key in ("mean_cumulative_hamming", "mean_cumulative_levenshtein", "fuzzy_per_exact_levenshtein"):
+            cis = s[f"{key}_ci"]
+            assert len(cis) == len(s[key]) and all(ci is None or ci[0] - 1e-9 <= v <= ci[1] + 1e-9
+                                                   for v, ci in zip(s[key], cis)), (b, key)
+            assert any(ci is not None for ci in cis) == (s["targets"] > 1)  # one target: no interval
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "parts").iterdir()}
     assert {"enumerate_0.json", "count_0.json", "count_1.json", "scan_0.json", "scan_1.json"} <= set(mtimes)
     proc = run_mosaic("scan", *args)  # everything is reused
