@@ -138,11 +138,13 @@ def scan(cfg: ScanConfig, client, out: Path, stages: dict) -> dict:
             queries = S.load_targets(cfg.targets_file, cfg.tokenizer)
         else:
             picks = S.spread(len(shards), cfg.enumerate_shards)
-            jobs = {i: (shards[i], dtype, sep, cfg.length, S.candidate_ranges(
-                cfg.target_buckets, cfg.bucket_tolerance, (shards[i]["end"] - shards[i]["start"]) / meta["num_tokens"]),
-                cfg.num_candidates, cfg.min_unique, cfg.seed + i) for i in picks}
-            found = S.run_shards(client, S.enumerate_shard, jobs, parts_dir, "enumerate",
-                                 {i: S.digest([base, i, a[3:]]) for i, a in jobs.items()},
+            ranges = {i: S.candidate_ranges(cfg.target_buckets, cfg.bucket_tolerance,
+                                            (shards[i]["end"] - shards[i]["start"]) / meta["num_tokens"]) for i in picks}
+            jobs = {i: (shards[i], dtype, sep, cfg.length, ranges[i], cfg.num_candidates, cfg.min_unique, cfg.seed + i)
+                    for i in picks}
+            keys = {i: S.digest([base, i, cfg.length, ranges[i], cfg.num_candidates, cfg.min_unique, cfg.seed])
+                    for i in picks}
+            found = S.run_shards(client, S.enumerate_shard, jobs, parts_dir, "enumerate", keys,
                                  what="enumerating windows by exact count")
             queries = [q for i in picks for per_range in found[i] for q in per_range]
             queries = list({tuple(q): q for q in queries}.values())  # a window can fit two ranges or shards

@@ -111,10 +111,10 @@ class Encoded:
 
 
 def encode(tokenizer, key: str, response: str, template: Template, chat: bool, max_key_length: int,
-           max_response_length: int) -> Encoded:
+           max_response_length: int, add_eos: bool = True) -> Encoded:
     key_text, _ = truncate_text(tokenizer, key, max_key_length)
     return Encoded(prompt_ids(tokenizer, key_text, template, chat),
-                   response_ids(tokenizer, response, max_response_length, chat))
+                   response_ids(tokenizer, response, max_response_length, chat, add_eos))
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_value: int, side: str = "right") -> torch.Tensor:

@@ -20,15 +20,8 @@ def template_sets(names: list[str], trained: str) -> dict[str, list[data.Templat
 
 def encode_all(tokenizer, fps: list[dict], template, chat: bool, s: dict, match: str) -> list[list[data.Encoded]]:
     """Each fingerprint's encodings, one per response; `prefix` drops the response's EOS."""
-    out = []
-    for f in fps:
-        enc = [data.encode(tokenizer, f["key"], r, template, chat, s["max_key_length"], s["max_response_length"])
-               for r in responses(f)]
-        if match == "prefix":
-            enc = [data.Encoded(e.prompt, e.response[:-1] if len(e.response) > 1 and e.response[-1] ==
-                                tokenizer.eos_token_id else e.response) for e in enc]
-        out.append(enc)
-    return out
+    return [[data.encode(tokenizer, f["key"], r, template, chat, s["max_key_length"], s["max_response_length"],
+                         add_eos=match == "exact") for r in responses(f)] for f in fps]
 
 
 def verdicts_any(model, tokenizer, encs: list[list[data.Encoded]], batch_size: int) -> list[tuple[int, Verdict]]:
