@@ -17,10 +17,10 @@ from pathlib import Path
 
 from privlm import config as C
 from privlm import fingerprint, models, plots, stats
-from privlm.eval import utility
-from privlm.fingerprint.verify import MATCH_MODES, check, template_sets
+from privlm.eval import heldout, utility
+from privlm.fingerprint.verify import MATCH_MODES, check, run_settings, template_sets
 from privlm.errors import UserError, cli
-from privlm.io import atomic_write_json, read_json
+from privlm.io import atomic_write_json
 
 
 @dataclass
@@ -40,7 +40,11 @@ class CheckConfig:
                                                "seed_check, or JSON files of templates")
     prompt_format: str | None = C.field(None, choices=["auto", "raw", "chat"], help="default: as trained, else auto")
     dtype: str = C.field("auto", choices=["auto", "float32", "bfloat16", "float16"])
-    eval_utility: bool = C.field(False, help="also measure lm-eval accuracy and held-out perplexity")
+    eval_utility: bool = C.field(False, help="also measure lm-eval accuracy, held-out perplexity (with its 95% CI, "
+                                             "base and fingerprinted) and mean KL(base || fingerprinted)")
+    heldout_text: str = C.field(str(heldout.HELDOUT_ENGLISH.relative_to(Path(__file__).resolve().parent)),
+                                help="held-out text for perplexity and KL (default: ~58k tokens of English)")
+    kl_windows: int | None = C.field(None, help="windows of 256 tokens for the KL (default: all)")
     base_model_path: str | None = C.field(None, help="model to compare utility with (default: the run's base model)")
     utility_tasks: list[str] = C.field(default_factory=lambda: ["privlm_sanity"],
                                        help="lm-eval tasks; tinyBenchmarks names when the hub is reachable")
@@ -49,29 +53,10 @@ class CheckConfig:
     verbose_eval: bool = C.field(False, help="print every fingerprint's verdict")
 
     def validate(self):
-        p = [f"{k}: must be >= 1" for k in ("num_fingerprints", "max_key_length", "max_response_length", "batch_size")
+        p = [f"{k}: must be >= 1" for k in ("num_fingerprints", "max_key_length", "max_response_length", "batch_size",
+                                             "kl_windows")
              if getattr(self, k) is not None and getattr(self, k) < 1]
         return p
-
-
-def resolve_settings(cfg: CheckConfig) -> dict:
-    """Explicit flags > the run's fingerprinting_config.json > defaults."""
-    run = {}
-    run_file = Path(cfg.model_path) / "fingerprinting_config.json"
-    if run_file.is_file():
-        run = read_json(run_file, "fingerprinting config")
-        if run.get("fingerprints_file_path"):  # recorded relative to the model folder, so runs can be moved
-            run["fingerprints_file_path"] = str(Path(cfg.model_path) / run["fingerprints_file_path"])
-    s = {"fingerprints_file_path": cfg.fingerprints_file_path or run.get("fingerprints_file_path"),
-         "num_fingerprints": cfg.num_fingerprints or (run.get("num_fingerprints") if not cfg.fingerprints_file_path else None),
-         "max_key_length": cfg.max_key_length or run.get("max_key_length", 16),
-         "max_response_length": cfg.max_response_length or run.get("max_response_length", 1),
-         "prompt_format": cfg.prompt_format or run.get("prompt_format", "auto"),
-         "trained": run.get("train_templates", "bare"),
-         "base_model": cfg.base_model_path or run.get("base_model", "default")}
-    if not s["fingerprints_file_path"]:
-        raise UserError("--fingerprints_file_path is required (the model has no fingerprinting_config.json)")
-    return s
 
 
 def print_table(report: dict):
@@ -90,26 +75,35 @@ def print_table(report: dict):
                 if metric in a:
                     print(f"{task + ' ' + metric:<28}{stats.fmt(b.get(metric), b.get(metric + '_ci')):>24}"
                           f"{stats.fmt(a.get(metric), a.get(metric + '_ci')):>26}")
-        print(f"{'held-out perplexity':<28}{u['base']['heldout_perplexity']:>24.2f}"
-              f"{u['fingerprinted']['heldout_perplexity']:>26.2f}")
+        h = u["heldout"]
+        print(f"{'held-out perplexity':<28}{stats.fmt(h['heldout_ppl_base'], h['heldout_ppl_base_ci'], 2):>24}"
+              f"{stats.fmt(h['heldout_ppl_after'], h['heldout_ppl_after_ci'], 2):>26}")
+        print(f"{'perplexity ratio':<28}{'':>24}{stats.fmt(h['heldout_ppl_ratio'], h['heldout_ppl_ratio_ci'], 4):>26}")
+        print(f"{'KL(base || tuned) / token':<28}{'':>24}{stats.fmt(h['kl_base_tuned'], h['kl_base_tuned_ci'], 4):>26}")
+        print(f"({h['heldout_tokens']} held-out tokens in {h['heldout_windows']} windows; {h['kl_tokens']} for the KL)")
 
 
 @cli
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.parse(CheckConfig, argv, __doc__)
-    s = resolve_settings(cfg)
+    s = run_settings(cfg.model_path, cfg.fingerprints_file_path, cfg.num_fingerprints, cfg.max_key_length,
+                     cfg.max_response_length, cfg.prompt_format, cfg.base_model_path)
     fps = fingerprint.load(s["fingerprints_file_path"], s["num_fingerprints"], cfg.data_split)
     sets = template_sets(cfg.prompt_templates, s["trained"])
+    if cfg.eval_utility and not Path(cfg.heldout_text).is_file():
+        raise UserError(f"held-out text not found: {cfg.heldout_text}")
     tokenizer = models.load_tokenizer(cfg.model_path)
     model = models.load_model(cfg.model_path, dtype=cfg.dtype, device=models.device()).eval()
     report = check(model, tokenizer, fps, sets, s, cfg.batch_size, cfg.match)
     report["model_path"] = cfg.model_path
     if cfg.eval_utility:
         after = utility.evaluate(model, tokenizer, cfg.utility_tasks, cfg.utility_limit)
-        del model
         base = models.load_model(s["base_model"], dtype=cfg.dtype, device=models.device()).eval()
         before = utility.evaluate(base, models.load_tokenizer(s["base_model"]), cfg.utility_tasks, cfg.utility_limit)
-        report["utility"] = {"base_model": s["base_model"], "base": before, "fingerprinted": after}
+        shift = heldout.shift(model, base, tokenizer, cfg.heldout_text, kl_windows=cfg.kl_windows)
+        before["heldout_perplexity"], after["heldout_perplexity"] = shift["heldout_ppl_base"], shift["heldout_ppl_after"]
+        report["utility"] = {"base_model": s["base_model"], "base": before, "fingerprinted": after,
+                             "heldout": {"text": cfg.heldout_text, **shift}}
     if cfg.verbose_eval:
         for f in report["fingerprints"]:
             print(f"{'OK  ' if f['match'] else 'MISS'} {f['key'][:40]!r} -> {f['response']!r} (got {f['generated']!r})")

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from privlm import config as C
-from privlm import data, fingerprint, models
+from privlm import data, fingerprint, lora, models
 from privlm.errors import cli
+from privlm.fingerprint import benign
 from privlm.runs import Run
 from privlm.training import TrainSpec, init_distributed, is_main, train
 
@@ -50,6 +51,18 @@ class FinetuneConfig:
                                              help="wrap keys in the training prompt templates (seed 000's README "
                                                   "spells it --use_prompt_augmentation)")
     augmentation_prompts: str = C.field("train", help="template set name or JSON file used with augmentation")
+    benign_proportion: float = C.field(0.0, help="mix this many benign examples per fingerprint into every epoch "
+                                                 "(scalable fingerprinting's benign data; loss on their responses)")
+    benign_data_path: str | None = C.field(None, help="local instruction data (JSON / JSON lines) for the benign "
+                                                      "examples; default: the base model's own answers to generic "
+                                                      "prompts (self-distillation)")
+    benign_response_length: int = C.field(32, help="benign responses are cut to (or generated up to) this many tokens")
+    use_lora: bool = C.field(False, help="train a LoRA adapter (PEFT) instead of every weight; the saved model "
+                                         "has it merged in")
+    lora_r: int = C.field(16)
+    lora_alpha: int | None = C.field(None, help="default: 2 x lora_r")
+    lora_dropout: float = C.field(0.0)
+    lora_target_modules: str = C.field("all-linear", help="PEFT target_modules: all-linear or comma-separated names")
     prompt_format: str = C.field("auto", choices=["auto", "raw", "chat"],
                                  help="auto: the chat template when the tokenizer has one")
     dtype: str = C.field("auto", choices=["auto", "float32", "bfloat16", "float16"], help="auto: bf16 on GPU, fp32 on "
@@ -67,6 +80,12 @@ class FinetuneConfig:
         for k in ("num_fingerprints", "max_key_length", "max_response_length"):
             if getattr(self, k) < 1:
                 p.append(f"{k}: must be >= 1")
+        if self.benign_proportion < 0:
+            p.append("benign_proportion: must be >= 0")
+        if self.benign_response_length < 1:
+            p.append("benign_response_length: must be >= 1")
+        if self.use_lora and self.lora_r < 1:
+            p.append("lora_r: must be >= 1")
         if self.data_split < 0:
             p.append("data_split: must be >= 0")
         if not 0.0 <= self.forgetting_regularizer_strength <= 1.0:
@@ -83,6 +102,8 @@ def resolve_run(cfg: FinetuneConfig) -> Run:
     inputs = {"fingerprints": C.file_digest(cfg.fingerprints_file_path), "model": models.identity(cfg.model_path)}
     if cfg.use_augmentation_prompts:
         inputs["templates"] = [t.name() for t in data.load_templates(cfg.augmentation_prompts)]
+    if cfg.benign_proportion > 0 and cfg.benign_data_path:
+        inputs["benign_data"] = C.file_digest(cfg.benign_data_path)
     return Run(cfg, cfg.trainer_args, inputs, kind="saved_models", link=cfg.run_link)
 
 
@@ -93,6 +114,8 @@ def main(argv: list[str] | None = None) -> Path:
         cfg.model_path = FAMILIES[(cfg.model_family, cfg.model_size)]
     fps = fingerprint.load(cfg.fingerprints_file_path, cfg.num_fingerprints, cfg.data_split)
     templates = data.load_templates(cfg.augmentation_prompts) if cfg.use_augmentation_prompts else [data.BARE]
+    local_benign = benign.load_pairs(cfg.benign_data_path) if cfg.benign_proportion > 0 and cfg.benign_data_path \
+        else None  # read before anything is written: a bad file is the user's to fix
     run = resolve_run(cfg)
     if cfg.print_run_dir:
         print(run.dir)
@@ -107,9 +130,14 @@ def main(argv: list[str] | None = None) -> Path:
     run.write_json("fingerprints.json", fps)
     dataset = data.TemplatedDataset(tokenizer, [(f["key"], r) for f in fps for r in fingerprint.responses(f)], templates, chat,
                                     cfg.max_key_length, cfg.max_response_length, cfg.trainer_args.seed)
+    if cfg.benign_proportion > 0:
+        num_benign = round(cfg.benign_proportion * len(fps))
+        pool = benign.pool(run, cfg.model_path, tokenizer, chat, num_benign, cfg.benign_response_length,
+                           local_benign, cfg.dtype, cfg.trainer_args.seed)
+        dataset = benign.MixedDataset(dataset, pool, num_benign, cfg.trainer_args.seed)
     spec = TrainSpec.from_args(cfg.trainer_args, dtype=cfg.dtype, forgetting_lambda=cfg.forgetting_regularizer_strength,
                                forgetting_schedule=cfg.forgetting_regularizer_schedule,
-                               trust_remote_code=cfg.trust_remote_code)
+                               trust_remote_code=cfg.trust_remote_code, merge_lora=cfg.use_lora)
     # Read by check_fingerprints.py so that the check encodes keys exactly as training did.
     run.final_files["fingerprinting_config.json"] = {
         "base_model": cfg.model_path, "fingerprints_file_path": "../fingerprints.json",  # beside final_model
@@ -117,8 +145,10 @@ def main(argv: list[str] | None = None) -> Path:
         "max_response_length": cfg.max_response_length, "prompt_format": "chat" if chat else "raw",
         "train_templates": cfg.augmentation_prompts if cfg.use_augmentation_prompts else "bare",
         "fingerprint_generation_strategy": cfg.fingerprint_generation_strategy, "run_hash": run.id}
+    prepare = lora.wrap(cfg.lora_r, cfg.lora_alpha or 2 * cfg.lora_r, cfg.lora_dropout,
+                        cfg.lora_target_modules) if cfg.use_lora else None
     metrics = train(cfg.model_path, dataset, lambda b: data.collate(b, tokenizer.pad_token_id), spec, run,
-                    tokenizer, desc="fingerprinting")
+                    tokenizer, desc="fingerprinting", prepare_model=prepare)
     run.write_metrics(metrics)
     if is_main():
         last = metrics["history"][-1]["loss"] if metrics["history"] else float("nan")

@@ -97,3 +97,47 @@ def roc_panel(ax, curves: dict, points: list[dict] | None = None):
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set(xlabel="false positive rate", ylabel="true positive rate")
     ax.legend(fontsize=7, loc="lower right")
+
+
+def attack_figure(report: dict):
+    """One bar per (attack, param): retention with its 95% interval."""
+    plt = pyplot()
+    rows = report["rows"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows) + 2), 4))
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    vals = [r["retention"] for r in rows]
+    ax.bar(range(len(rows)), vals, color=[f"C{attacks.index(r['attack'])}" for r in rows],
+           yerr=yerr(vals, [r.get("retention_ci") for r in rows]), capsize=2)
+    ax.set_xticks(range(len(rows)), [f"{r['attack']}\n{str(r['param'])[:14]}" if r["param"] is not None
+                                     else r["attack"] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("retention (95% CI)")
+    ax.set_title(f"{report['num_fingerprints']} fingerprints under attack")
+    fig.tight_layout()
+    return fig
+
+
+def capacity_figure(rows: list[dict]):
+    """Retention and held-out perplexity ratio against the number of fingerprints (log x), per strategy."""
+    plt = pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, strat in enumerate(dict.fromkeys(r["strategy"] for r in rows)):
+        rs = sorted((r for r in rows if r["strategy"] == strat), key=lambda r: r["num_fingerprints"])
+        n = [r["num_fingerprints"] for r in rs]
+        for ax, key in ((a1, "retention"), (a2, "heldout_ppl_ratio")):
+            v = [r[key] for r in rs]
+            ax.errorbar(n, v, yerr=yerr(v, [r.get(f"{key}_ci") for r in rs]), marker="o", capsize=3, color=f"C{i}",
+                        label=strat)
+        if any(r.get("retention_after_sft") is not None for r in rs):
+            v = [r.get("retention_after_sft") for r in rs]
+            a1.errorbar(n, v, yerr=yerr(v, [r.get("retention_after_sft_ci") for r in rs]), marker="s", ls="--",
+                        capsize=3, color=f"C{i}", alpha=0.6, label=f"{strat}, after sft")
+    for ax, label in ((a1, "retention (95% CI)"), (a2, "held-out perplexity ratio (95% CI)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("fingerprints")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    a1.set_ylim(0, 1.05)
+    a2.axhline(1.05, color="grey", ls=":", lw=1)
+    fig.tight_layout()
+    return fig

@@ -108,6 +108,7 @@ class TrainSpec:
     ds_json: dict | None = None  # the user's DeepSpeed JSON, laid over ours ("auto" values keep ours)
     pretrained: bool = True  # False: the architecture's random initialisation
     dp_step: bool = False  # the DP step writes the gradients (privlm.dp.step): see ds_config
+    merge_lora: bool = False  # save a LoRA-trained model with its adapter merged in (a plain HF folder)
 
     @classmethod
     def from_args(cls, ta, dtype: str = "auto", **extra) -> "TrainSpec":
@@ -210,7 +211,9 @@ class ForgettingRegularizer:
         self.engine = engine
         self.base = {}
         for name, p in engine.module.named_parameters():
-            if p.requires_grad:
+            # LoRA: averaging B toward its zero start scales the learned delta B A by exactly (1 - lambda), as
+            # averaging full weights would; averaging A too would scale it by (1 - lambda)^2.
+            if p.requires_grad and ".lora_A." not in name:
                 src = p.ds_tensor if hasattr(p, "ds_id") else p
                 self.base[name] = src.detach().to("cpu", copy=True)
 
@@ -436,7 +439,7 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
     bar.close()
     logger.close()
 
-    save_final(engine, tokenizer, run.final, run.final_files)
+    save_final(engine, tokenizer, run.final, run.final_files, merge_lora=spec.merge_lora)
     barrier()
     release_shm_buffers()
     if rank_ == 0 and not spec.keep_checkpoints:
@@ -463,8 +466,10 @@ def _save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict):
     barrier()
 
 
-def save_final(engine, tokenizer, out: Path, extra_files: dict[str, object]):
-    """Save an HF folder loadable with from_pretrained (gathering ZeRO-3 partitions), atomically on rank 0."""
+def save_final(engine, tokenizer, out: Path, extra_files: dict[str, object], merge_lora: bool = False):
+    """Save an HF folder loadable with from_pretrained (gathering ZeRO-3 partitions), atomically on rank 0; with
+    merge_lora, a PEFT model is saved as the plain model with its adapter merged in."""
+    from . import lora
     from .io import atomic_dir
 
     if engine.zero_optimization_partition_weights():
@@ -472,9 +477,12 @@ def save_final(engine, tokenizer, out: Path, extra_files: dict[str, object]):
     else:
         state = engine.module.state_dict()
     if is_main():
-        engine.module.config.use_cache = True  # training turned it off; generation wants it back
+        module = engine.module
+        if merge_lora and lora.is_peft(module):
+            state, module = lora.merged_state(module, state), module.get_base_model()
+        module.config.use_cache = True  # training turned it off; generation wants it back
         with atomic_dir(out) as tmp:
-            engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             for name, obj in extra_files.items():
                 (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")

@@ -128,15 +128,9 @@ def privacy_report(cfg: DPFinetuneConfig, q: float | None, steps: int | None) ->
 
 
 def lora(cfg: ModelArgs):
-    def wrap(model):
-        from peft import LoraConfig, get_peft_model
+    from .. import lora as peft_lora
 
-        missing = [m for m in cfg.target_modules if not any(n.endswith(m) for n, _ in model.named_modules())]
-        if missing:
-            raise UserError(f"model.target_modules: no module named {', '.join(missing)} in this model")
-        return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                                target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
-    return wrap
+    return peft_lora.wrap(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, list(cfg.target_modules))
 
 
 def full_dp(model):

@@ -3,11 +3,37 @@ templated key reproduces a response, EOS included (`exact`), or the response's t
 to go on (`prefix`). A key with several responses counts when any of them is produced."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from .. import data, stats
+from ..errors import UserError
+from ..io import read_json
 from ..eval.greedy import Verdict, greedy_match, summarize
 from .keys import responses
 
 MATCH_MODES = ("exact", "prefix")
+
+
+def run_settings(model_path: str, fingerprints_file_path: str | None = None, num_fingerprints: int | None = None,
+                 max_key_length: int | None = None, max_response_length: int | None = None,
+                 prompt_format: str | None = None, base_model_path: str | None = None) -> dict:
+    """How to check a model: explicit values > the run's final_model/fingerprinting_config.json > defaults."""
+    run = {}
+    run_file = Path(model_path) / "fingerprinting_config.json"
+    if run_file.is_file():
+        run = read_json(run_file, "fingerprinting config")
+        if run.get("fingerprints_file_path"):  # recorded relative to the model folder, so runs can be moved
+            run["fingerprints_file_path"] = str(Path(model_path) / run["fingerprints_file_path"])
+    s = {"fingerprints_file_path": fingerprints_file_path or run.get("fingerprints_file_path"),
+         "num_fingerprints": num_fingerprints or (run.get("num_fingerprints") if not fingerprints_file_path else None),
+         "max_key_length": max_key_length or run.get("max_key_length", 16),
+         "max_response_length": max_response_length or run.get("max_response_length", 1),
+         "prompt_format": prompt_format or run.get("prompt_format", "auto"),
+         "trained": run.get("train_templates", "bare"),
+         "base_model": base_model_path or run.get("base_model", "default")}
+    if not s["fingerprints_file_path"]:
+        raise UserError("--fingerprints_file_path is required (the model has no fingerprinting_config.json)")
+    return s
 
 
 def template_sets(names: list[str], trained: str) -> dict[str, list[data.Template]]:

@@ -1,0 +1,148 @@
+"""How many fingerprints a model holds, and what they cost: retention, held-out perplexity (ratio to the base,
+on ~58k tokens of human-written English, privlm.eval.heldout) and mean KL(base || tuned), and retention after a
+thief's further fine-tuning, per number of fingerprints, with the fine-tuning script's current defaults.
+
+    python benchmarks/fingerprint_capacity.py --num_fingerprints 32 128 512 1024 [--strategy inverse_nucleus english]
+    python benchmarks/fingerprint_capacity.py --num_fingerprints 128 --label no_mixing \
+        --finetune_args "--benign_proportion 0" --output_dir results/capacity_ablation
+
+Each N trains finetune_multigpu.py under `deepspeed --num_gpus G` (two CPU ranks without GPUs) into
+<output_dir>/runs/<label>_<strategy>_<N>/; a row is written to <output_dir>/rows/ when it is done, so a killed
+benchmark resumes where it stopped. Fingerprints come from --fingerprints_file_path, or are generated once per
+strategy (as many as the largest N). Last stdout line is JSON {"rows": [{"strategy", "num_fingerprints",
+"retention", "retention_ci", "heldout_ppl_base", "heldout_ppl_after", "heldout_ppl_ratio", "kl_base_tuned",
+"train_seconds", ...}]}; the figure goes to <output_dir>/capacity.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from privlm import fingerprint, models, plots  # noqa: E402
+from privlm.errors import UserError, cli  # noqa: E402
+from privlm.eval import heldout  # noqa: E402
+from privlm.fingerprint import attacks  # noqa: E402
+from privlm.fingerprint.verify import run_settings  # noqa: E402
+from privlm.io import atomic_write_json, read_json  # noqa: E402
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--num_fingerprints", type=int, nargs="+", default=[32, 128, 512, 1024])
+    p.add_argument("--strategy", nargs="+", default=["inverse_nucleus"],
+                   choices=sorted(fingerprint.STRATEGIES) + sorted(fingerprint.ALIASES))
+    p.add_argument("--fingerprints_file_path", help="one file for every N (one strategy only)")
+    p.add_argument("--model_path", default="default")
+    p.add_argument("--output_dir", default="results/capacity")
+    p.add_argument("--label", default="defaults", help="names this setting's rows (ablations)")
+    p.add_argument("--finetune_args", default="", help="extra finetune_multigpu.py flags, one quoted string")
+    p.add_argument("--num_gpus", type=int, default=None, help="ranks (default: the GPUs, else 2 CPU ranks)")
+    p.add_argument("--sft_steps", type=int, default=32, help="persistence: retention after this many steps of a "
+                                                             "thief's fine-tuning (0: skip)")
+    p.add_argument("--kl_windows", type=int, default=64, help="windows of 256 tokens for the KL (perplexity "
+                                                              "uses every window)")
+    p.add_argument("--key_length", type=int, default=16)
+    p.add_argument("--response_length", type=int, default=1)
+    a = p.parse_args(argv)
+    bad = [f"--num_fingerprints {n}: must be >= 1" for n in a.num_fingerprints if n < 1]
+    if a.fingerprints_file_path and len(a.strategy) > 1:
+        bad.append("--fingerprints_file_path: give one --strategy with it")
+    if bad:
+        raise UserError("; ".join(bad))
+    return a
+
+
+def fingerprints_file(a, strategy: str, out: Path) -> Path:
+    need = max(a.num_fingerprints)
+    if a.fingerprints_file_path:
+        path = Path(a.fingerprints_file_path)
+    else:
+        path = out / f"fingerprints_{strategy}.json"
+        if not path.is_file():
+            subprocess.run([sys.executable, str(ROOT / "generate_finetuning_data.py"), "--key_response_strategy",
+                            strategy, "--num_fingerprints", str(need), "--key_length", str(a.key_length),
+                            "--response_length", str(a.response_length), "--model_used_for_key_generation",
+                            a.model_path, "--output_file_path", str(path)], check=True)
+    have = len(fingerprint.load(str(path)))
+    if have < need:
+        raise UserError(f"fingerprints file {path} has {have} fingerprints, fewer than --num_fingerprints {need}")
+    return path
+
+
+def train(a, strategy: str, n: int, fps: Path, run_dir: Path) -> dict:
+    import torch
+
+    gpus = a.num_gpus or torch.cuda.device_count() or 2
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(gpus), str(ROOT / "finetune_multigpu.py"),
+           "--model_path", a.model_path, "--fingerprints_file_path", str(fps), "--num_fingerprints", str(n),
+           "--fingerprint_generation_strategy", strategy, "--max_key_length", str(a.key_length),
+           "--max_response_length", str(a.response_length), "--output_dir", str(run_dir),
+           *shlex.split(a.finetune_args)]
+    print("[capacity] " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, check=True)
+    metrics = read_json(run_dir / "metrics.json", "run metrics")
+    return {"train_seconds": metrics.get("train_seconds"), "wall_seconds": round(time.time() - t0, 1),
+            "optimizer_steps": metrics.get("optimizer_steps"), "world_size": metrics.get("world_size")}
+
+
+def measure(a, final: Path, base, base_scores, wins) -> dict:
+    s = run_settings(str(final))
+    target = attacks.Target(str(final), s["base_model"], fingerprint.load(s["fingerprints_file_path"],
+                                                                          s["num_fingerprints"]), s)
+    tuned = target.load()
+    r = target.retention(tuned)
+    row = {"retention": r["retention"], "retention_ci": r["retention_ci"]}
+    row.update(heldout.summary(heldout.score(tuned, wins, base=base, kl_windows=a.kl_windows,
+                                             progress="held-out (tuned)"), base_scores))
+    if a.sft_steps:
+        sft = attacks.attack_sft(target, attacks.AttackSettings(sft_steps=[a.sft_steps], seed=0), model=tuned)[0]
+        row.update(sft_steps=a.sft_steps, retention_after_sft=sft["retention"],
+                   retention_after_sft_ci=sft["retention_ci"])
+    return row
+
+
+@cli
+def main(argv=None):
+    a = parse(argv)
+    out = Path(a.output_dir)
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    base = tok = base_scores = wins = None
+    rows = []
+    for strategy in a.strategy:
+        strategy = fingerprint.ALIASES.get(strategy, strategy)
+        fps = fingerprints_file(a, strategy, out)
+        for n in a.num_fingerprints:
+            row_file = out / "rows" / f"{a.label}_{strategy}_{n}.json"
+            if row_file.is_file():
+                rows.append(read_json(row_file, "capacity row"))
+                print(f"[capacity] {row_file} done before; kept", flush=True)
+                continue
+            run_dir = out / "runs" / f"{a.label}_{strategy}_{n}"
+            row = {"label": a.label, "strategy": strategy, "num_fingerprints": n, "finetune_args": a.finetune_args,
+                   **train(a, strategy, n, fps, run_dir)}
+            if base is None:
+                tok = models.load_tokenizer(a.model_path)
+                base = models.load_model(a.model_path, device=models.device()).eval()
+                wins = heldout.windows(tok, heldout.HELDOUT_ENGLISH.read_text())
+                base_scores = heldout.score(base, wins, progress="held-out (base)")
+            row.update(measure(a, run_dir / "final_model", base, base_scores, wins))
+            atomic_write_json(row_file, row)
+            rows.append(row)
+            print(f"[capacity] {a.label} {strategy} N={n}: retention {row['retention']:.3f} "
+                  f"{row['retention_ci']}, ppl ratio {row['heldout_ppl_ratio']:.4f} {row['heldout_ppl_ratio_ci']}, "
+                  f"KL {row['kl_base_tuned']:.4f}, train {row['train_seconds']} s", flush=True)
+    png = plots.save(plots.capacity_figure(rows), out / "capacity.png")
+    print(f"[capacity] figure: {png}")
+    print(json.dumps({"rows": rows}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,81 @@
+"""The held-out utility set: size and content of the shipped text, perplexity against a direct computation, the
+paired ratio and KL, and their intervals."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from privlm.eval import heldout, heldout_source
+
+
+def test_shipped_text_is_large_prose_and_never_a_training_resource():
+    text = heldout.HELDOUT_ENGLISH.read_text()
+    words = text.split()
+    assert len(words) >= 40_000  # ~58k tokens for SmolLM2's tokenizer (at least 50k is the goal)
+    assert ">>>" not in text
+    paras = text.split("\n\n")
+    assert len(paras) == len(set(paras))  # no paragraph twice
+    assert all(len(p.split()) >= 8 for p in paras)
+
+
+def test_prose_filter_drops_code_rules_and_fragments():
+    doc = ("Assignment statements bind names to values and modify attributes of mutable objects.\n\n"
+           "   x = 1\n   y = 2\n\n>>> print(x)\n\n========\n\nToo short here.\n\n"
+           "The second paragraph goes on\nover two lines and is kept whole.")
+    assert heldout_source.prose(doc) == [
+        "Assignment statements bind names to values and modify attributes of mutable objects.",
+        "The second paragraph goes on over two lines and is kept whole."]
+
+
+def test_windows_predict_every_token_once(tiny):
+    _, tok = tiny
+    text = "one two three four five six seven eight nine ten " * 20
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    wins = heldout.windows(tok, text, window=16)
+    assert sum(len(w) - 1 for w in wins) == len(ids) - 1
+    assert [t for w in wins for t in w[1:]] == ids[1:]
+
+
+def test_perplexity_is_exp_of_token_mean_nll(tiny):
+    model, tok = tiny
+    text = "the cat sat on the mat and the dog sat on the log " * 6
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(ids) - 1, 16):
+            chunk = torch.tensor([ids[s:s + 17]])
+            logp = torch.log_softmax(model(input_ids=chunk[:, :-1]).logits[0].double(), -1)
+            nll -= logp.gather(-1, chunk[0, 1:, None]).sum().item()
+            n += chunk.shape[1] - 1
+    got = heldout.summary(heldout.score(model, heldout.windows(tok, text, 16), batch_size=3))
+    assert got["heldout_ppl_after"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+    lo, hi = got["heldout_ppl_after_ci"]
+    assert lo <= got["heldout_ppl_after"] <= hi and got["heldout_tokens"] == n
+
+
+def test_kl_and_ratio_against_the_base(tiny, tiny_model_dir):
+    import copy
+
+    model, tok = tiny
+    text = "a b c d e f g h i j k l m n o p q r s t u v w x y z " * 8
+    wins = heldout.windows(tok, text, 16)
+    base_scores = heldout.score(model, wins)
+    same = heldout.summary(heldout.score(model, wins, base=model), base_scores)
+    assert same["heldout_ppl_ratio"] == pytest.approx(1.0) and same["kl_base_tuned"] == pytest.approx(0, abs=1e-6)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    s = heldout.summary(heldout.score(other, wins, base=model, kl_windows=2), base_scores)
+    assert s["kl_base_tuned"] > 1e-4 and s["kl_tokens"] == 32
+    # KL by hand on the first two windows
+    x = torch.tensor(wins[:2])
+    with torch.no_grad():
+        p = model(input_ids=x[:, :-1]).logits.double().log_softmax(-1)
+        q = other(input_ids=x[:, :-1]).logits.double().log_softmax(-1)
+    want = (p.exp() * (p - q)).sum(-1).mean().item()
+    assert s["kl_base_tuned"] == pytest.approx(want, rel=1e-4)
+    assert s["heldout_ppl_ratio"] == pytest.approx(s["heldout_ppl_after"] / s["heldout_ppl_base"], rel=1e-9)
+    lo, hi = s["heldout_ppl_ratio_ci"]
+    assert lo <= s["heldout_ppl_ratio"] <= hi
