@@ -48,12 +48,16 @@ def parse(argv):
                                                              "thief's fine-tuning (0: skip)")
     p.add_argument("--kl_windows", type=int, default=64, help="windows of 256 tokens for the KL (perplexity "
                                                               "uses every window)")
+    p.add_argument("--heldout_text", default=str(heldout.HELDOUT_ENGLISH), help="held-out text (default: ~58k "
+                                                                              "tokens of English)")
     p.add_argument("--key_length", type=int, default=16)
     p.add_argument("--response_length", type=int, default=1)
     a = p.parse_args(argv)
     bad = [f"--num_fingerprints {n}: must be >= 1" for n in a.num_fingerprints if n < 1]
     if a.fingerprints_file_path and len(a.strategy) > 1:
         bad.append("--fingerprints_file_path: give one --strategy with it")
+    if not Path(a.heldout_text).is_file():
+        bad.append(f"--heldout_text: {a.heldout_text} not found")
     if bad:
         raise UserError("; ".join(bad))
     return a
@@ -66,6 +70,7 @@ def fingerprints_file(a, strategy: str, out: Path) -> Path:
     else:
         path = out / f"fingerprints_{strategy}.json"
         if not path.is_file():
+            out.mkdir(parents=True, exist_ok=True)
             subprocess.run([sys.executable, str(ROOT / "generate_finetuning_data.py"), "--key_response_strategy",
                             strategy, "--num_fingerprints", str(need), "--key_length", str(a.key_length),
                             "--response_length", str(a.response_length), "--model_used_for_key_generation",
@@ -113,12 +118,11 @@ def measure(a, final: Path, base, base_scores, wins) -> dict:
 def main(argv=None):
     a = parse(argv)
     out = Path(a.output_dir)
+    files = {s: fingerprints_file(a, s, out) for s in dict.fromkeys(fingerprint.ALIASES.get(s, s) for s in a.strategy)}
     (out / "rows").mkdir(parents=True, exist_ok=True)
     base = tok = base_scores = wins = None
     rows = []
-    for strategy in a.strategy:
-        strategy = fingerprint.ALIASES.get(strategy, strategy)
-        fps = fingerprints_file(a, strategy, out)
+    for strategy, fps in files.items():
         for n in a.num_fingerprints:
             row_file = out / "rows" / f"{a.label}_{strategy}_{n}.json"
             if row_file.is_file():
@@ -131,7 +135,7 @@ def main(argv=None):
             if base is None:
                 tok = models.load_tokenizer(a.model_path)
                 base = models.load_model(a.model_path, device=models.device()).eval()
-                wins = heldout.windows(tok, heldout.HELDOUT_ENGLISH.read_text())
+                wins = heldout.windows(tok, Path(a.heldout_text).read_text())
                 base_scores = heldout.score(base, wins, progress="held-out (base)")
             row.update(measure(a, run_dir / "final_model", base, base_scores, wins))
             atomic_write_json(row_file, row)
