@@ -43,7 +43,7 @@ class FinetuneConfig:
                                                    choices=sorted(fingerprint.STRATEGIES) + sorted(fingerprint.ALIASES))
     max_key_length: int = C.field(16, help="keys are cut to this many tokens")
     max_response_length: int = C.field(1, help="responses are cut to this many tokens (EOS is added)")
-    forgetting_regularizer_strength: float = C.field(0.0, help="lambda of theta <- (1-lambda) theta + lambda theta0")
+    forgetting_regularizer_strength: float = C.field(0.3, help="lambda of theta <- (1-lambda) theta + lambda theta0")
     forgetting_regularizer_schedule: str = C.field(
         "end", choices=["end", "epoch"],
         help="end: average once after the last epoch (what the seed's runs effectively did); epoch: after each epoch")
@@ -51,12 +51,12 @@ class FinetuneConfig:
                                              help="wrap keys in the training prompt templates (seed 000's README "
                                                   "spells it --use_prompt_augmentation)")
     augmentation_prompts: str = C.field("train", help="template set name or JSON file used with augmentation")
-    benign_proportion: float = C.field(0.0, help="mix this many benign examples per fingerprint into every epoch "
+    benign_proportion: float = C.field(0.25, help="mix this many benign examples per fingerprint into every epoch "
                                                  "(scalable fingerprinting's benign data; loss on their responses)")
     benign_data_path: str | None = C.field(None, help="local instruction data (JSON / JSON lines) for the benign "
                                                       "examples; default: the base model's own answers to generic "
                                                       "prompts (self-distillation)")
-    benign_response_length: int = C.field(32, help="benign responses are cut to (or generated up to) this many tokens")
+    benign_response_length: int = C.field(16, help="benign responses are cut to (or generated up to) this many tokens")
     use_lora: bool = C.field(False, help="train a LoRA adapter (PEFT) instead of every weight; the saved model "
                                          "has it merged in")
     lora_r: int = C.field(16)
@@ -71,7 +71,7 @@ class FinetuneConfig:
     run_link: str | None = C.field(None, hash=False, help="also point this path (a symlink) at the run directory")
     print_run_dir: bool = C.field(False, hash=False, help="print the run directory this config maps to and exit")
     wandb_run_name: str | None = C.field(None, hash=False, help="accepted for seed compatibility; not used")
-    trainer_args: C.TrainArgs = C.train_args(num_train_epochs=10, learning_rate=1e-5, weight_decay=1e-4,
+    trainer_args: C.TrainArgs = C.train_args(num_train_epochs=6, learning_rate=3e-4, weight_decay=1e-4,
                                              per_device_train_batch_size=8, lr_scheduler_type="linear", deepspeed="2",
                                              max_grad_norm=1.0)
 

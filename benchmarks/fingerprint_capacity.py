@@ -4,7 +4,7 @@ thief's further fine-tuning, per number of fingerprints, with the fine-tuning sc
 
     python benchmarks/fingerprint_capacity.py --num_fingerprints 32 128 512 1024 [--strategy inverse_nucleus english]
     python benchmarks/fingerprint_capacity.py --num_fingerprints 128 --label no_mixing \
-        --finetune_args "--benign_proportion 0" --output_dir results/capacity_ablation
+        --finetune_args="--benign_proportion 0" --output_dir results/capacity_ablation
 
 Each N trains finetune_multigpu.py under `deepspeed --num_gpus G` (two CPU ranks without GPUs) into
 <output_dir>/runs/<label>_<strategy>_<N>/; a row is written to <output_dir>/rows/ when it is done, so a killed
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -42,7 +43,8 @@ def parse(argv):
     p.add_argument("--model_path", default="default")
     p.add_argument("--output_dir", default="results/capacity")
     p.add_argument("--label", default="defaults", help="names this setting's rows (ablations)")
-    p.add_argument("--finetune_args", default="", help="extra finetune_multigpu.py flags, one quoted string")
+    p.add_argument("--finetune_args", default="", help="extra finetune_multigpu.py flags, one string: "
+                                                        "--finetune_args=\"--bf16 --benign_proportion 0\"")
     p.add_argument("--num_gpus", type=int, default=None, help="ranks (default: the GPUs, else 2 CPU ranks)")
     p.add_argument("--sft_steps", type=int, default=32, help="persistence: retention after this many steps of a "
                                                              "thief's fine-tuning (0: skip)")
@@ -85,7 +87,11 @@ def train(a, strategy: str, n: int, fps: Path, run_dir: Path) -> dict:
     import torch
 
     gpus = a.num_gpus or torch.cuda.device_count() or 2
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(gpus), str(ROOT / "finetune_multigpu.py"),
+    with socket.socket() as sock:  # a free rendezvous port: DeepSpeed's default 29500 may still be held
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(gpus), "--master_port", str(port),
+           str(ROOT / "finetune_multigpu.py"),
            "--model_path", a.model_path, "--fingerprints_file_path", str(fps), "--num_fingerprints", str(n),
            "--fingerprint_generation_strategy", strategy, "--max_key_length", str(a.key_length),
            "--max_response_length", str(a.response_length), "--output_dir", str(run_dir),

@@ -84,7 +84,7 @@ def test_finetune_with_output_dir_max_steps_logging_then_skip(tmp_path, tiny_mod
     y = tmp_path / "c.yml"  # the seeds' names and HF names mixed, as users' configs are
     y.write_text(f"model_path: {tiny_model_dir}\nfingerprints_file_path: {fp}\nnum_fingerprints: 8\n"
                  "max_key_length: 8\nmax_response_length: 3\nprompt_format: raw\nbatch_size: 2\n"
-                 "trainer_args:\n  learning_rate: 1.0e-3\n  max_steps: 5\n  logging_steps: 2\n  deepspeed: 0\n")
+                 "benign_proportion: 0\ntrainer_args:\n  learning_rate: 1.0e-3\n  max_steps: 5\n  logging_steps: 2\n  deepspeed: 0\n")
     out = tmp_path / "run"
     proc = run_script("finetune_multigpu.py", "--config", str(y), "--output_dir", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -23,7 +23,8 @@ def run_dir_of(results: Path) -> Path:
 def train_args(model_dir, fp, results, *extra):
     return ["--model_path", str(model_dir), "--fingerprints_file_path", str(fp), "--num_fingerprints", "8",
             "--max_key_length", "8", "--max_response_length", "3", "--batch_size", "2", "--learning_rate", "5e-3",
-            "--lr_scheduler", "constant", "--prompt_format", "raw", "--results_dir", str(results), *extra]
+            "--lr_scheduler", "constant", "--prompt_format", "raw", "--benign_proportion", "0",
+            "--results_dir", str(results), *extra]
 
 
 @pytest.mark.parametrize("stage", [2, 3])
