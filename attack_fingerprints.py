@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from privlm import config as C
-from privlm import fingerprint, plots, stats
+from privlm import plots, stats
 from privlm.errors import cli
 from privlm.fingerprint import attacks
-from privlm.fingerprint.verify import MATCH_MODES, run_settings
+from privlm.fingerprint.verify import MATCH_MODES, resolve
 from privlm.io import atomic_write_json, provenance
 
 
@@ -75,9 +75,7 @@ class AttackConfig:
 @cli
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.parse(AttackConfig, argv, __doc__)
-    s = run_settings(cfg.model_path, cfg.fingerprints_file_path, cfg.num_fingerprints, cfg.max_key_length,
-                     cfg.max_response_length, cfg.prompt_format, cfg.base_model_path)
-    fps = fingerprint.load(s["fingerprints_file_path"], s["num_fingerprints"], cfg.data_split)
+    s, fps = resolve(cfg)
     if any(a.startswith("quantize") for a in cfg.attacks):
         attacks.require_backend(cfg.quantization_backend)  # before any work: a missing library is the user's to fix
     for spec in cfg.sampling if "sampling" in cfg.attacks else []:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from privlm import config as C
-from privlm import fingerprint, models, plots, stats
+from privlm import models, plots, stats
 from privlm.eval import heldout, utility
-from privlm.fingerprint.verify import MATCH_MODES, check, run_settings, template_sets
+from privlm.fingerprint.verify import MATCH_MODES, check, resolve, template_sets
 from privlm.errors import UserError, cli
 from privlm.io import atomic_write_json
 
@@ -86,9 +86,7 @@ def print_table(report: dict):
 @cli
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.parse(CheckConfig, argv, __doc__)
-    s = run_settings(cfg.model_path, cfg.fingerprints_file_path, cfg.num_fingerprints, cfg.max_key_length,
-                     cfg.max_response_length, cfg.prompt_format, cfg.base_model_path)
-    fps = fingerprint.load(s["fingerprints_file_path"], s["num_fingerprints"], cfg.data_split)
+    s, fps = resolve(cfg)
     sets = template_sets(cfg.prompt_templates, s["trained"])
     if cfg.eval_utility and not Path(cfg.heldout_text).is_file():
         raise UserError(f"held-out text not found: {cfg.heldout_text}")

@@ -1,6 +1,5 @@
 """LoRA through PEFT: the merged state dict equals PEFT's own merge, the forgetting regularizer scales a LoRA
 delta by exactly (1 - lambda), and LoRA fingerprinting saves a plain model that holds what it learned."""
-import json
 import types
 
 import torch

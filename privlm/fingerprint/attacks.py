@@ -155,18 +155,28 @@ def quantize(model, bits: int, backend: str):
             quantize_(model, Int8WeightOnlyConfig() if bits == 8 else Int4WeightOnlyConfig(group_size=32),
                       filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and "lm_head" not in name)
         else:
-            import bitsandbytes as bnb  # noqa: F401  (CUDA only for most builds)
-            from transformers import BitsAndBytesConfig  # noqa: F401
-
-            raise UserError("bitsandbytes quantizes at load time on CUDA; use --quantization_backend quanto")
+            raise UserError("bitsandbytes quantizes at load time: use load_bitsandbytes")
     except (ImportError, RuntimeError, ValueError, NotImplementedError) as e:
         raise UserError(f"{backend} could not quantize to int{bits} here: {str(e).splitlines()[0][:200]}") from None
     return model
 
 
+def load_bitsandbytes(path: str, bits: int):
+    """bitsandbytes quantizes while loading, on CUDA."""
+    require_backend("bitsandbytes")
+    if not torch.cuda.is_available():
+        raise UserError("bitsandbytes needs a CUDA GPU here; use --quantization_backend quanto on CPU")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    q = BitsAndBytesConfig(load_in_8bit=bits == 8, load_in_4bit=bits == 4)
+    return AutoModelForCausalLM.from_pretrained(models.resolve(path), quantization_config=q,
+                                                device_map={"": 0}).eval()
+
+
 def _quantize_attack(bits: int):
     def run(t: Target, a: AttackSettings) -> list[dict]:
-        model = quantize(t.load(), bits, a.quantization_backend)
+        model = load_bitsandbytes(t.model_path, bits) if a.quantization_backend == "bitsandbytes" else \
+            quantize(t.load(), bits, a.quantization_backend)
         return [_row(f"quantize_int{bits}", f"{a.quantization_backend} int{bits} weights", t.retention(model))]
     return run
 

@@ -9,7 +9,7 @@ from .. import data, stats
 from ..errors import UserError
 from ..io import read_json
 from ..eval.greedy import Verdict, greedy_match, summarize
-from .keys import responses
+from .keys import load, responses
 
 MATCH_MODES = ("exact", "prefix")
 
@@ -34,6 +34,14 @@ def run_settings(model_path: str, fingerprints_file_path: str | None = None, num
     if not s["fingerprints_file_path"]:
         raise UserError("--fingerprints_file_path is required (the model has no fingerprinting_config.json)")
     return s
+
+
+def resolve(cfg) -> tuple[dict, list[dict]]:
+    """(settings, fingerprints) for a checker-like config: model_path, fingerprints_file_path, num_fingerprints,
+    data_split, max_key_length, max_response_length, prompt_format, base_model_path (None: as the run recorded)."""
+    s = run_settings(cfg.model_path, cfg.fingerprints_file_path, cfg.num_fingerprints, cfg.max_key_length,
+                     cfg.max_response_length, cfg.prompt_format, cfg.base_model_path)
+    return s, load(s["fingerprints_file_path"], s["num_fingerprints"], cfg.data_split)
 
 
 def template_sets(names: list[str], trained: str) -> dict[str, list[data.Template]]:
