@@ -86,6 +86,7 @@ bench: venv
 	$(BIN)/python benchmarks/mia_throughput.py
 	$(BIN)/python benchmarks/scan_speed.py
 	$(BIN)/python benchmarks/scan_scale.py
+	$(BIN)/python benchmarks/fingerprint_capacity.py --num_fingerprints 32 128 512 1024   # hours on a CPU
 
 clean:
 	rm -rf results generated_data/demo_fingerprints.json

@@ -19,7 +19,8 @@ def fingerprinted(tmp_path_factory, tiny_model_dir):
     proc = run_script("finetune_multigpu.py", "--model_path", str(tiny_model_dir), "--fingerprints_file_path",
                       str(fp), "--num_fingerprints", "8", "--max_key_length", "8", "--max_response_length", "3",
                       "--prompt_format", "raw", "--batch_size", "4", "--num_train_epochs", "40", "--learning_rate",
-                      "1e-2", "--lr_scheduler", "constant", "--save_every_epochs", "100", "--output_dir", str(d / "run"))
+                      "1e-2", "--lr_scheduler", "constant", "--save_every_epochs", "100", "--forgetting_regularizer_strength",
+                      "0", "--benign_proportion", "0", "--output_dir", str(d / "run"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return d / "run" / "final_model"
 
