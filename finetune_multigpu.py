@@ -11,6 +11,7 @@ resumes. Training flags are the shared training-arguments block (Hugging Face na
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,9 @@ from pathlib import Path
 from privlm import config as C
 from privlm import data, fingerprint, lora, models
 from privlm.errors import cli
-from privlm.fingerprint import benign
+from privlm.fingerprint import anchor, benign
 from privlm.runs import Run
-from privlm.training import TrainSpec, init_distributed, is_main, train
+from privlm.training import TRAINABLE, TrainSpec, init_distributed, is_main, train, trainable
 
 
 # Seed 000's --model_family/--model_size pairs, kept so old sweep scripts still resolve to a model.
@@ -57,6 +58,12 @@ class FinetuneConfig:
                                                       "examples; default: the base model's own answers to generic "
                                                       "prompts (self-distillation)")
     benign_response_length: int = C.field(16, help="benign responses are cut to (or generated up to) this many tokens")
+    anchor_strength: float = C.field(0.0, help="weight of KL(base || tuned) on the keys' own tokens and on "
+                                               "self-distilled benign answers (soft targets; 0: off, the seed's loss)")
+    anchor_topk: int = C.field(32, help="the base model's top k next tokens kept per anchored position")
+    trainable_params: str = C.field("mlp", help="what trains: mlp (the feed-forward blocks; embeddings, attention and "
+                                                 "norms frozen), mlp+attention, all (the seed), or a regex on "
+                                                 "parameter names; with --use_lora the adapter trains")
     use_lora: bool = C.field(False, help="train a LoRA adapter (PEFT) instead of every weight; the saved model "
                                          "has it merged in")
     lora_r: int = C.field(16)
@@ -82,6 +89,15 @@ class FinetuneConfig:
                 p.append(f"{k}: must be >= 1")
         if self.benign_proportion < 0:
             p.append("benign_proportion: must be >= 0")
+        if self.anchor_strength < 0:
+            p.append("anchor_strength: must be >= 0")
+        if self.anchor_topk < 1:
+            p.append("anchor_topk: must be >= 1")
+        if self.trainable_params not in TRAINABLE:
+            try:
+                re.compile(self.trainable_params)
+            except re.error as e:
+                p.append(f"trainable_params: {self.trainable_params!r} is neither {', '.join(TRAINABLE)} nor a regex ({e})")
         if self.benign_response_length < 1:
             p.append("benign_response_length: must be >= 1")
         if self.use_lora and self.lora_r < 1:
@@ -130,11 +146,16 @@ def main(argv: list[str] | None = None) -> Path:
     run.write_json("fingerprints.json", fps)
     dataset = data.TemplatedDataset(tokenizer, [(f["key"], r) for f in fps for r in fingerprint.responses(f)], templates, chat,
                                     cfg.max_key_length, cfg.max_response_length, cfg.trainer_args.seed)
+    examples = dataset.all_examples()
     if cfg.benign_proportion > 0:
         num_benign = round(cfg.benign_proportion * len(fps))
         pool = benign.pool(run, cfg.model_path, tokenizer, chat, num_benign, cfg.benign_response_length,
-                           local_benign, cfg.dtype, cfg.trainer_args.seed)
-        dataset = benign.MixedDataset(dataset, pool, num_benign, cfg.trainer_args.seed)
+                           local_benign, cfg.dtype, cfg.trainer_args.seed, anchor=cfg.anchor_strength > 0)
+        dataset, examples = benign.MixedDataset(dataset, pool, num_benign, cfg.trainer_args.seed), examples + pool
+    collate, loss = (lambda b: data.collate(b, tokenizer.pad_token_id)), None
+    if cfg.anchor_strength > 0:
+        table = anchor.build(run, cfg.model_path, examples, cfg.anchor_topk, tokenizer.pad_token_id, cfg.dtype)
+        collate, loss = (lambda b: anchor.collate(b, tokenizer.pad_token_id, table)), anchor.loss_fn(cfg.anchor_strength)
     spec = TrainSpec.from_args(cfg.trainer_args, dtype=cfg.dtype, forgetting_lambda=cfg.forgetting_regularizer_strength,
                                forgetting_schedule=cfg.forgetting_regularizer_schedule,
                                trust_remote_code=cfg.trust_remote_code, merge_lora=cfg.use_lora)
@@ -146,9 +167,9 @@ def main(argv: list[str] | None = None) -> Path:
         "train_templates": cfg.augmentation_prompts if cfg.use_augmentation_prompts else "bare",
         "fingerprint_generation_strategy": cfg.fingerprint_generation_strategy, "run_hash": run.id}
     prepare = lora.wrap(cfg.lora_r, cfg.lora_alpha or 2 * cfg.lora_r, cfg.lora_dropout,
-                        cfg.lora_target_modules) if cfg.use_lora else None
-    metrics = train(cfg.model_path, dataset, lambda b: data.collate(b, tokenizer.pad_token_id), spec, run,
-                    tokenizer, desc="fingerprinting", prepare_model=prepare)
+                        cfg.lora_target_modules) if cfg.use_lora else trainable(cfg.trainable_params)
+    metrics = train(cfg.model_path, dataset, collate, spec, run, tokenizer, desc="fingerprinting",
+                    prepare_model=prepare, loss_fn=loss)
     run.write_metrics(metrics)
     if is_main():
         last = metrics["history"][-1]["loss"] if metrics["history"] else float("nan")

@@ -107,7 +107,7 @@ def train(a, strategy: str, n: int, fps: Path, run_dir: Path) -> dict:
 def measure(a, final: Path, base, base_scores, wins) -> dict:
     s = run_settings(str(final))
     target = attacks.Target(str(final), s["base_model"], fingerprint.load(s["fingerprints_file_path"],
-                                                                          s["num_fingerprints"]), s)
+                                                                          s["num_fingerprints"]), s, base=base)
     tuned = target.load()
     r = target.retention(tuned)
     row = {"retention": r["retention"], "retention_ci": r["retention_ci"]}

@@ -100,6 +100,7 @@ def response_ids(tokenizer, response: str, max_tokens: int, chat: bool, add_eos:
 class Encoded:
     prompt: list[int]
     response: list[int]
+    distill: bool = False  # a soft-target example (fingerprint.anchor): no hard labels, the base's distribution
 
     @property
     def input_ids(self) -> list[int]:
@@ -107,7 +108,8 @@ class Encoded:
 
     @property
     def labels(self) -> list[int]:
-        return [IGNORE_INDEX] * len(self.prompt) + self.response
+        return [IGNORE_INDEX] * len(self.prompt) + ([IGNORE_INDEX] * len(self.response) if self.distill
+                                                    else self.response)
 
 
 def encode(tokenizer, key: str, response: str, template: Template, chat: bool, max_key_length: int,
@@ -173,6 +175,16 @@ class TemplatedDataset(torch.utils.data.Dataset):
             self._cache[(i, t)] = encode(self.tokenizer, key, resp, self.templates[t], self.chat,
                                          self.max_key_length, self.max_response_length)
         return self._cache[(i, t)]
+
+    def all_examples(self) -> list[Encoded]:
+        """Every encoding an epoch can draw: each pair in each template."""
+        for i in range(len(self.pairs)):
+            for t in range(len(self.templates)):
+                if (i, t) not in self._cache:
+                    key, resp = self.pairs[i]
+                    self._cache[(i, t)] = encode(self.tokenizer, key, resp, self.templates[t], self.chat,
+                                                 self.max_key_length, self.max_response_length)
+        return list(self._cache.values())
 
 
 # ------------------------------------------------------------------------------------------------- text corpora

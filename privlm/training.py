@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from .errors import UserError
 from .models import load_model, pick_dtype
 
 
@@ -239,6 +240,39 @@ class ForgettingRegularizer:
             p.data.copy_(new.to(p.dtype))
 
 
+# ------------------------------------------------------------------------------------------------- trainable set
+# Named sets of trainable parameters (a regex searched in each parameter's name otherwise). `mlp`: the feed-forward
+# blocks only, where a fine-tune can store key -> response facts; frozen embeddings matter most, because the
+# output head's gradient is dense over the whole vocabulary and Adam moves every row of a tied embedding by about
+# the learning rate per step, which shifts every token's logit on text the fine-tune never saw.
+TRAINABLE = {"all": None, "mlp": r"\.mlp\.", "mlp+attention": r"\.mlp\.|\.self_attn\.|\.attention\."}
+
+
+def trainable(spec: str):
+    """A prepare_model hook that freezes every parameter whose name does not match `spec` (a TRAINABLE name or a
+    regex); None for `all`."""
+    import re
+
+    pattern = TRAINABLE.get(spec, spec)
+    if pattern is None:
+        return None
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise UserError(f"trainable_params {spec!r} is neither a known set ({', '.join(TRAINABLE)}) nor a regex "
+                        f"({e})") from None
+
+    def prepare(model):
+        hits = 0
+        for name, p in model.named_parameters():
+            p.requires_grad_(bool(rx.search(name)))
+            hits += p.requires_grad
+        if not hits:
+            raise UserError(f"trainable_params {spec!r} matches no parameter of this model")
+        return model
+    return prepare
+
+
 # ------------------------------------------------------------------------------------------------- loop
 def _scheduler(name: str, warmup: int, total: int):
     def fn(step):
@@ -298,6 +332,7 @@ class PlainSteps:
         from torch.utils.data import DataLoader, DistributedSampler
 
         self.dataset, self.grad_accum = dataset, spec.grad_accum
+        self.loss_fn = lambda engine, batch: engine(**batch).loss  # train(loss_fn=...) replaces it
         self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed)
         self.loader = DataLoader(dataset, batch_size=spec.micro_batch_size, sampler=self.sampler,
                                  collate_fn=collate_fn)
@@ -325,7 +360,7 @@ class PlainSteps:
         losses = []
         for batch in micro_batches:
             batch = {k: v.to(self.engine.device) for k, v in batch.items()}
-            loss = self.engine(**batch).loss
+            loss = self.loss_fn(self.engine, batch)
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.item())
@@ -340,7 +375,7 @@ class PlainSteps:
 
 def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, tokenizer, desc: str = "train",
           steps_factory: Callable | None = None, prepare_model: Callable | None = None,
-          on_step: Callable | None = None) -> dict:
+          on_step: Callable | None = None, loss_fn: Callable | None = None) -> dict:
     """Train `model_path` on `dataset` into `run` (a privlm.runs.Run): checkpoints in run.checkpoints, the final HF
     folder (with run.final_files inside) in run.final. A killed run resumes from its last checkpoint (or from
     --resume_from_checkpoint). Returns metrics (rank 0's view).
@@ -348,7 +383,7 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
     `steps_factory(dataset, collate_fn, spec, rank, world)` chooses how logical steps are drawn and taken
     (PlainSteps by default; the DP plan's factory for DP-SGD); `prepare_model(model)` can wrap the model (LoRA);
     `on_step(engine, step, total_steps)` runs on every rank before the first step (step 0) and after each logical
-    step."""
+    step; `loss_fn(engine, batch)` replaces the model's own loss (with the default steps)."""
     import deepspeed
     from tqdm.auto import tqdm
 
@@ -380,6 +415,8 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, optimizer=optimizer, config=cfg,
                                            lr_scheduler=scheduler)
     steps.bind(engine)
+    if loss_fn is not None:
+        steps.loss_fn = loss_fn
     reg = ForgettingRegularizer(engine) if spec.forgetting_lambda > 0 else None
     run_dir, ckpt_dir = run.dir, run.checkpoints
     logger = MetricLogger(run_dir, spec.report_to, run.id, {"spec": spec.__dict__}, enabled=rank_ == 0)

@@ -57,6 +57,43 @@ def test_regularizer_lands_in_saved_weights_two_ranks(tmp_path, tiny_model_dir, 
         m.model.embed_tokens.weight, m.lm_head.weight)
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_only_the_trainable_set_moves(tmp_path, tiny_model_dir, stage):
+    """--trainable_params mlp (the default) under two-rank ZeRO: every feed-forward weight may move, everything
+    else (embeddings and the tied head, attention, norms) is bit-identical to the base."""
+    fp = write_fingerprints(tmp_path / "fp.json", 8)
+    base = weights(tiny_model_dir)
+    results = tmp_path / "r"
+    proc = run_script("finetune_multigpu.py", *train_args(tiny_model_dir, fp, results, "--num_train_epochs", "1",
+                      "--deepspeed_stage", str(stage), "--forgetting_regularizer_strength", "0"),
+                      launcher="deepspeed", ranks=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    final = weights(run_dir_of(results) / "final_model")
+    mlp = [k for k in base if ".mlp." in k]
+    assert mlp and max((final[k] - base[k]).abs().max().item() for k in mlp) > 1e-3
+    for k in base:
+        if k not in mlp:
+            assert torch.equal(final[k], base[k]), k
+
+
+def test_trainable_sets_and_bad_ones(tiny_model_dir):
+    from privlm import models
+    from privlm.errors import UserError
+    from privlm.training import trainable
+
+    assert trainable("all") is None
+    m = trainable("mlp")(models.load_model(str(tiny_model_dir)))
+    names = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert names and all(".mlp." in n for n in names)
+    assert {n for n, _ in m.named_parameters() if ".mlp." in n} == names
+    m = trainable(r"layers\.0\.self_attn\.q_proj")(models.load_model(str(tiny_model_dir)))
+    assert [n for n, p in m.named_parameters() if p.requires_grad] == ["model.layers.0.self_attn.q_proj.weight"]
+    with pytest.raises(UserError, match="matches no parameter"):
+        trainable("no_such_module")(models.load_model(str(tiny_model_dir)))
+    with pytest.raises(UserError, match="neither"):
+        trainable("mlp(")
+
+
 def test_epoch_schedule_averages_after_every_epoch(tmp_path, tiny_model_dir):
     fp = write_fingerprints(tmp_path / "fp.json", 8)
     proc = run_script("finetune_multigpu.py", *train_args(

@@ -35,7 +35,9 @@ class Target:
     dtype: str = "auto"
     batch_size: int = 64
     match: str = "exact"
+    base: object = None  # the base model, once loaded (a caller that holds it already can pass it)
     _tok: object = None
+    _sets: dict = field(default_factory=dict)
 
     @property
     def tokenizer(self):
@@ -46,8 +48,16 @@ class Target:
     def load(self, path: str | None = None):
         return models.load_model(path or self.model_path, dtype=self.dtype, device=models.device()).eval()
 
+    def base_model(self):
+        if self.base is None:
+            self.base = self.load(self.base_path)
+        return self.base
+
     def retention(self, model, templates: str | None = None) -> dict:
-        sets = template_sets(["trained"], templates or self.settings["trained"])
+        name = templates or self.settings["trained"]
+        if name not in self._sets:
+            self._sets[name] = template_sets(["trained"], name)
+        sets = self._sets[name]
         r = check(model, self.tokenizer, self.fps, sets, self.settings, self.batch_size, self.match)
         return {"retention": r["retention"], "retention_ci": r["retention_ci"], "num_fingerprints": len(self.fps),
                 "per_template": r["per_template"]}
@@ -90,11 +100,8 @@ def thief_data(t: Target, a: AttackSettings) -> list[tuple[str, str]]:
     prompts = [q.format(s) for q, s in itertools.product(THIEF_TASKS, benign.SUBJECTS)]
     random.Random("thief").shuffle(prompts)
     need = min(len(prompts), max(a.sft_steps) * a.sft_batch_size)
-    base = t.load(t.base_path)
     chat = data.use_chat(t.tokenizer, t.settings["prompt_format"])
-    pairs = benign.self_distill(base, t.tokenizer, prompts[:need], chat, a.sft_response_length)
-    del base
-    return pairs
+    return benign.self_distill(t.base_model(), t.tokenizer, prompts[:need], chat, a.sft_response_length)
 
 
 def attack_sft(t: Target, a: AttackSettings, model=None) -> list[dict]:
@@ -200,8 +207,7 @@ def sampled_retention(model, t: Target, temperature: float, top_p: float, k: int
     chat = data.use_chat(tok, t.settings["prompt_format"])
     template = template_sets(["trained"], t.settings["trained"])["trained"][0]
     s = t.settings
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # HF generate draws from torch's RNG
+    torch.manual_seed(seed)  # HF generate draws from torch's global RNG
     dev = next(model.parameters()).device
     wins = 0
     for start in range(0, len(t.fps), max(1, t.batch_size // k)):
@@ -256,7 +262,7 @@ def interpolate(model, base, alpha: float):
 
 
 def attack_merge(t: Target, a: AttackSettings) -> list[dict]:
-    tuned, base = t.load(), t.load(t.base_path)
+    tuned, base = t.load(), t.base_model()
     rows = []
     for alpha in a.merge_alphas:
         if not 0 <= alpha <= 1:

@@ -123,22 +123,25 @@ class MixedDataset(torch.utils.data.Dataset):
 
 
 def encode_pairs(tokenizer, pairs: list[tuple], chat: bool, max_prompt_length: int,
-                 max_response_length: int) -> list[data.Encoded]:
-    """Benign examples, loss on the response. EOS ends a response only where the answer really ends: a response
-    cut at max_response_length (or a generation cut at max_new_tokens) would teach the model to stop mid-sentence."""
+                 max_response_length: int, distill: bool = False) -> list[data.Encoded]:
+    """Benign examples, loss on the response (or, with `distill`, soft targets: see fingerprint.anchor). EOS ends a
+    response only where the answer really ends: a response cut at max_response_length (or a generation cut at
+    max_new_tokens) would teach the model to stop mid-sentence."""
     out = []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     for p, r, *finished in pairs:
         full = data.response_ids(tokenizer, r, 10**9, chat, add_eos=False)
         ends = len(full) <= max_response_length and (finished[0] if finished else True)
-        out.append(data.encode(tokenizer, p, r, data.BARE, chat, max_prompt_length, max_response_length,
-                               add_eos=ends))
+        prompt = data.prompt_ids(tokenizer, data.truncate_text(tokenizer, p, max_prompt_length)[0], data.BARE, chat)
+        out.append(data.Encoded(prompt, full[:max_response_length] + (eos if ends else []), distill=distill))
     return out
 
 
 def pool(run, model_path: str, tokenizer, chat: bool, num_benign: int, response_length: int,
-         pairs: list[tuple] | None, dtype: str, seed: int) -> list[data.Encoded]:
+         pairs: list[tuple] | None, dtype: str, seed: int, anchor: bool = False) -> list[data.Encoded]:
     """The run's benign pool, encoded: `pairs` (a local dataset's, see load_pairs), or self-distilled from the base
-    model by rank 0 into the run directory (benign.json: a resumed run and every rank train on the same targets)."""
+    model by rank 0 into the run directory (benign.json: a resumed run and every rank train on the same targets).
+    With `anchor`, self-distilled examples are soft-target examples (fingerprint.anchor) rather than greedy labels."""
     from .. import models
     from ..io import atomic_write_json, read_json
     from ..training import barrier, is_main
@@ -152,4 +155,5 @@ def pool(run, model_path: str, tokenizer, chat: bool, num_benign: int, response_
             del model
         barrier()
         pairs = [tuple(p) for p in read_json(path, "benign targets")]
+        return encode_pairs(tokenizer, pairs, chat, 64, response_length, distill=anchor)
     return encode_pairs(tokenizer, pairs, chat, 64, response_length)
