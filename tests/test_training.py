@@ -24,6 +24,7 @@ def train_args(model_dir, fp, results, *extra):
     return ["--model_path", str(model_dir), "--fingerprints_file_path", str(fp), "--num_fingerprints", "8",
             "--max_key_length", "8", "--max_response_length", "3", "--batch_size", "2", "--learning_rate", "5e-3",
             "--lr_scheduler", "constant", "--prompt_format", "raw", "--benign_proportion", "0",
+            "--trainable_params", "all", "--anchor_strength", "0",
             "--results_dir", str(results), *extra]
 
 
@@ -65,8 +66,8 @@ def test_only_the_trainable_set_moves(tmp_path, tiny_model_dir, stage):
     base = weights(tiny_model_dir)
     results = tmp_path / "r"
     proc = run_script("finetune_multigpu.py", *train_args(tiny_model_dir, fp, results, "--num_train_epochs", "1",
-                      "--deepspeed_stage", str(stage), "--forgetting_regularizer_strength", "0"),
-                      launcher="deepspeed", ranks=2)
+                      "--deepspeed_stage", str(stage), "--forgetting_regularizer_strength", "0",
+                      "--trainable_params", "mlp"), launcher="deepspeed", ranks=2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     final = weights(run_dir_of(results) / "final_model")
     mlp = [k for k in base if ".mlp." in k]

@@ -20,7 +20,7 @@ def fingerprinted(tmp_path_factory, tiny_model_dir):
                       str(fp), "--num_fingerprints", "8", "--max_key_length", "8", "--max_response_length", "3",
                       "--prompt_format", "raw", "--batch_size", "4", "--num_train_epochs", "40", "--learning_rate",
                       "1e-2", "--lr_scheduler", "constant", "--save_every_epochs", "100", "--forgetting_regularizer_strength",
-                      "0", "--benign_proportion", "0", "--output_dir", str(d / "run"))
+                      "0", "--benign_proportion", "0", "--trainable_params", "all", "--anchor_strength", "0", "--output_dir", str(d / "run"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return d / "run" / "final_model"
 
