@@ -98,7 +98,8 @@ def test_an_anchored_two_rank_run_keeps_its_teacher_and_trains(tmp_path, tiny_mo
     proc = run_script("finetune_multigpu.py", *args, "--output_dir", str(out), launcher="deepspeed")
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = torch.load(out / anchor.TEACHER_FILE, weights_only=True)
-    assert saved["k"] == 6 and len(saved["table"]) == 8 + 4  # every fingerprint and benign sequence, once
+    pool = json.loads((out / "benign.json").read_text())
+    assert saved["k"] == 6 and len(saved["table"]) == 8 + len(pool)  # every fingerprint and benign sequence, once
     assert (out / "final_model").is_dir()
     assert json.loads((out / "config.json").read_text())["anchor_strength"] == 1.0
     assert_user_error(run_script("finetune_multigpu.py", *args, "--anchor_strength", "-1", "--anchor_topk", "0",
