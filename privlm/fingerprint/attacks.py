@@ -101,7 +101,14 @@ def thief_data(t: Target, a: AttackSettings) -> list[tuple[str, str]]:
     random.Random("thief").shuffle(prompts)
     need = min(len(prompts), max(a.sft_steps) * a.sft_batch_size)
     chat = data.use_chat(t.tokenizer, t.settings["prompt_format"])
-    return benign.self_distill(t.base_model(), t.tokenizer, prompts[:need], chat, a.sft_response_length)
+    key = (t.base_path, chat, need, a.sft_response_length)
+    if key not in _THIEF_CACHE:  # one process attacking several models (the capacity benchmark) distills once
+        _THIEF_CACHE[key] = benign.self_distill(t.base_model(), t.tokenizer, prompts[:need], chat,
+                                                a.sft_response_length)
+    return _THIEF_CACHE[key]
+
+
+_THIEF_CACHE: dict[tuple, list] = {}
 
 
 def attack_sft(t: Target, a: AttackSettings, model=None) -> list[dict]:
