@@ -170,6 +170,9 @@ class TemplatedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Encoded:
         t = 0 if len(self.templates) == 1 else random.Random(f"{self.seed}:{self.epoch}:{i}").randrange(
             len(self.templates))
+        return self._encoded(i, t)
+
+    def _encoded(self, i: int, t: int) -> Encoded:
         if (i, t) not in self._cache:
             key, resp = self.pairs[i]
             self._cache[(i, t)] = encode(self.tokenizer, key, resp, self.templates[t], self.chat,
@@ -178,13 +181,7 @@ class TemplatedDataset(torch.utils.data.Dataset):
 
     def all_examples(self) -> list[Encoded]:
         """Every encoding an epoch can draw: each pair in each template."""
-        for i in range(len(self.pairs)):
-            for t in range(len(self.templates)):
-                if (i, t) not in self._cache:
-                    key, resp = self.pairs[i]
-                    self._cache[(i, t)] = encode(self.tokenizer, key, resp, self.templates[t], self.chat,
-                                                 self.max_key_length, self.max_response_length)
-        return list(self._cache.values())
+        return [self._encoded(i, t) for i in range(len(self.pairs)) for t in range(len(self.templates))]
 
 
 # ------------------------------------------------------------------------------------------------- text corpora
