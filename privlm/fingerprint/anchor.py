@@ -88,32 +88,45 @@ def collate(examples: Sequence[data.Encoded], pad_id: int, table: dict) -> dict[
     return {**batch, "teacher_ids": ids, "teacher_logp": logp, "anchor_mask": mask}
 
 
-def anchor_kl(logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logp: torch.Tensor,
-              mask: torch.Tensor) -> torch.Tensor:
-    """Mean over anchored positions of KL(p || q) over k + 1 outcomes: the teacher's top k tokens and "any other
-    token" (the tail's mass). Exact when k is the vocabulary, zero iff the model puts the base's mass on those k
-    tokens, and without the pull toward the top k (a sharpening) that renormalising the top k alone would add."""
-    logq = logits.float().log_softmax(-1).gather(-1, teacher_ids)
+def _kl(logq: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """Per position KL(p || q) over k + 1 outcomes: the teacher's top k tokens and "any other token" (the tail's
+    mass); `logq` is the model's log-probs of the teacher's top k, [M, k]."""
     logp = teacher_logp.float()
     p = logp.exp()
     kl = (p * (logp - logq)).sum(-1)
     p_tail = (1 - p.sum(-1)).clamp(min=0)
     q_tail = (1 - logq.exp().sum(-1)).clamp(min=1e-8)
-    kl = kl + p_tail * (p_tail.clamp(min=1e-8).log() - q_tail.log())
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return kl + p_tail * (p_tail.clamp(min=1e-8).log() - q_tail.log())
+
+
+def anchor_kl(logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logp: torch.Tensor,
+              mask: torch.Tensor) -> torch.Tensor:
+    """Mean over anchored positions of KL(p || q) over the teacher's top k and the tail. Exact when k is the
+    vocabulary, zero iff the model puts the base's mass on those k tokens, and without the pull toward the top k (a
+    sharpening) that renormalising the top k alone would add."""
+    logq = logits[mask].float().log_softmax(-1).gather(-1, teacher_ids[mask])
+    return _kl(logq, teacher_logp[mask]).sum() / mask.sum().clamp(min=1)
 
 
 def loss_fn(strength: float):
     """The training step's loss: response cross-entropy (mean over labelled tokens, as Hugging Face's) plus
-    `strength` x anchor_kl."""
+    `strength` x anchor_kl. One log-softmax over the positions either term uses (labelled or anchored; never the
+    padding), which is most of the step's cost beyond the model itself."""
 
     def loss(engine, batch: dict) -> torch.Tensor:
         teacher_ids, teacher_logp, mask = batch.pop("teacher_ids"), batch.pop("teacher_logp"), batch.pop("anchor_mask")
         labels = batch.pop("labels")
-        logits = engine(**batch).logits
+        logits = engine(**batch).logits[:, :-1]  # position t predicts token t + 1
         target = labels[:, 1:]
-        ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), target.flatten(), ignore_index=data.IGNORE_INDEX,
-                             reduction="sum") / (target != data.IGNORE_INDEX).sum().clamp(min=1)
-        return ce + strength * anchor_kl(logits, teacher_ids, teacher_logp, mask)
+        lab, anc = target != data.IGNORE_INDEX, mask[:, :-1]
+        sel = lab | anc
+        logp = logits[sel].float().log_softmax(-1)  # [M, V]
+        lab_s, anc_s = lab[sel], anc[sel]
+        ce = -logp[lab_s].gather(-1, target[sel][lab_s, None]).sum() / lab.sum().clamp(min=1)
+        if strength == 0:
+            return ce
+        logq = logp[anc_s].gather(-1, teacher_ids[:, :-1][sel][anc_s])
+        kl = _kl(logq, teacher_logp[:, :-1][sel][anc_s]).sum() / anc.sum().clamp(min=1)
+        return ce + strength * kl
 
     return loss

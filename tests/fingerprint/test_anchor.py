@@ -63,7 +63,7 @@ def test_anchor_kl_is_the_kl_divergence_when_k_is_the_vocabulary_and_at_most_it_
     assert 0 < coarse <= full * 1.02  # top 5 + tail: a coarsening, so never more than the true KL
 
 
-def test_loss_at_strength_zero_is_hugging_faces_and_grows_with_strength(tiny):
+def test_loss_is_hugging_faces_plus_strength_times_the_anchor_kl(tiny):
     model, tok = tiny
     ex = _examples(tok)
     table = anchor.teacher_table(model, ex, 8, tok.pad_token_id)
@@ -72,10 +72,13 @@ def test_loss_at_strength_zero_is_hugging_faces_and_grows_with_strength(tiny):
         for p in other.parameters():
             p.add_(0.05 * torch.randn_like(p))
         hf = other(**data.collate(ex, tok.pad_token_id)).loss.item()
-        l0 = anchor.loss_fn(0.0)(other, anchor.collate(ex, tok.pad_token_id, table)).item()
-        l1 = anchor.loss_fn(1.0)(other, anchor.collate(ex, tok.pad_token_id, table)).item()
+        batch = anchor.collate(ex, tok.pad_token_id, table)
+        l0, l1, l3 = (anchor.loss_fn(s)(other, dict(batch)).item() for s in (0.0, 1.0, 3.0))
+        logits = other(**data.collate(ex, tok.pad_token_id)).logits
+        kl = anchor.anchor_kl(logits, batch["teacher_ids"], batch["teacher_logp"], batch["anchor_mask"]).item()
     assert l0 == pytest.approx(hf, rel=1e-4)
-    assert l1 > l0
+    # One shared log-softmax over the used positions gives the same KL as anchor_kl over every position.
+    assert kl > 0 and l1 - l0 == pytest.approx(kl, rel=1e-4) and l3 - l0 == pytest.approx(3 * kl, rel=1e-4)
 
 
 def test_distilled_benign_examples_carry_no_labels_and_a_batch_of_them_has_a_finite_loss(tiny):
