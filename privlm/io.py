@@ -18,19 +18,27 @@ from .errors import UserError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w"):
+    """An open temp file beside `path` that replaces it when the block ends without error: a killed or failed
+    writer leaves the old file (or none), never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode) as fh:
+            yield fh
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    with atomic_file(path) as fh:
+        fh.write(text)
+    return Path(path)
 
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:

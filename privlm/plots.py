@@ -1,8 +1,9 @@
 """Headline figures as PNGs next to their JSON (matplotlib, no display needed)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from .io import atomic_file
 
 
 def pyplot():
@@ -23,11 +24,11 @@ def save(fig, path: str | Path) -> Path:
     """Write a figure atomically (temp file + rename) and close it."""
     plt = pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path, "wb") as fh:
+            fig.savefig(fh, format=path.suffix.lstrip(".") or "png", dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 

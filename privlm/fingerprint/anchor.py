@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .. import data
+from ..io import atomic_file
 
 TEACHER_FILE = "anchor_teacher.pt"
 
@@ -65,9 +65,8 @@ def build(run, model_path: str, examples: Sequence[data.Encoded], k: int, pad_id
         model = models.load_model(model_path, dtype=dtype, device=models.device())
         table = teacher_table(model, examples, k, pad_id)
         del model
-        tmp = path.with_suffix(".tmp")
-        torch.save({"k": k, "table": table}, tmp)
-        tmp.replace(path)  # atomic: a killed run recomputes rather than reading half a file
+        with atomic_file(path, "wb") as fh:  # a killed run recomputes rather than reading half a file
+            torch.save({"k": k, "table": table}, fh)
     barrier()
     return torch.load(path, weights_only=True)["table"]
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import stats
 from ..errors import UserError
-from ..io import atomic_write_json, read_json
+from ..io import atomic_file, atomic_write_json, read_json
 
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
@@ -33,9 +33,8 @@ def _dtype_for(vocab_size: int) -> str:
 
 def _write_tokens(docs, tokenizer, path: Path, dtype: str, progress=None) -> tuple[int, int]:
     sep = np.iinfo(DTYPES[dtype]).max
-    tmp = path.with_name(path.name + ".tmp")
     n_tok = n_doc = 0
-    with open(tmp, "wb") as fh:
+    with atomic_file(path, "wb") as fh:
         for text in docs:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if not ids:
@@ -45,7 +44,6 @@ def _write_tokens(docs, tokenizer, path: Path, dtype: str, progress=None) -> tup
             n_doc += 1
             if progress:
                 progress(1)
-    tmp.replace(path)
     return n_tok, n_doc
 
 
