@@ -44,7 +44,7 @@ class FinetuneConfig:
                                                    choices=sorted(fingerprint.STRATEGIES) + sorted(fingerprint.ALIASES))
     max_key_length: int = C.field(16, help="keys are cut to this many tokens")
     max_response_length: int = C.field(1, help="responses are cut to this many tokens (EOS is added)")
-    forgetting_regularizer_strength: float = C.field(0.2, help="lambda of theta <- (1-lambda) theta + lambda theta0")
+    forgetting_regularizer_strength: float = C.field(0.3, help="lambda of theta <- (1-lambda) theta + lambda theta0")
     forgetting_regularizer_schedule: str = C.field(
         "end", choices=["end", "epoch"],
         help="end: average once after the last epoch (what the seed's runs effectively did); epoch: after each epoch")
@@ -58,7 +58,7 @@ class FinetuneConfig:
                                                       "examples; default: the base model's own answers to generic "
                                                       "prompts (self-distillation)")
     benign_response_length: int = C.field(16, help="benign responses are cut to (or generated up to) this many tokens")
-    anchor_strength: float = C.field(1.0, help="weight of KL(base || tuned) on the keys' own tokens and on "
+    anchor_strength: float = C.field(3.0, help="weight of KL(base || tuned) on the keys' own tokens and on "
                                                "self-distilled benign answers (soft targets; 0: off, the seed's loss)")
     anchor_topk: int = C.field(32, help="the base model's top k next tokens kept per anchored position")
     trainable_params: str = C.field("mlp", help="what trains: mlp (the feed-forward blocks; embeddings, attention and "
