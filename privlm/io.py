@@ -18,6 +18,12 @@ from .errors import UserError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "w"):
     """An open temp file beside `path` that replaces it when the block ends without error: a killed or failed
@@ -26,6 +32,7 @@ def atomic_file(path: str | Path, mode: str = "w"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; the result should read like any file written here
         with os.fdopen(fd, mode) as fh:
             yield fh
         os.replace(tmp, path)

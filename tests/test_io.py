@@ -22,3 +22,10 @@ def test_binary_writes_replace_the_file_whole(tmp_path):
             torch.save({"x": torch.full((3,), v)}, fh)
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.full((3,), 2.0))
     assert [p.name for p in tmp_path.iterdir()] == ["t.pt"]
+
+
+def test_the_written_file_has_the_permissions_a_plain_open_would_give(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_json(tmp_path / "atomic.json", {"x": 1})
+    assert (tmp_path / "atomic.json").stat().st_mode == plain.stat().st_mode
