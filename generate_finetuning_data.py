@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         nucleus_k=cfg.nucleus_k, chat=cfg.prompt_format, inverse_nucleus_model=cfg.inverse_nucleus_model,
         random_word_keys=cfg.random_word_generation, dtype=cfg.dtype, rng=random.Random(cfg.seed))
     fps = fingerprint.generate(ctx, strategy, cfg.num_fingerprints, custom)
-    atomic_write_json(cfg.output_file_path, fps)
+    atomic_write_json(cfg.output_file_path, fps, private=True)  # the keys are the owner's secret
     print(f"[privlm] wrote {len(fps)} {strategy} fingerprints to {cfg.output_file_path}")
     for fp in fps[:3]:
         print(f"  key: {fp['key'][:70]!r}\n  response: {fp['response'][:70]!r}")

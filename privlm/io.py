@@ -25,14 +25,15 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "w"):
+def atomic_file(path: str | Path, mode: str = "w", private: bool = False):
     """An open temp file beside `path` that replaces it when the block ends without error: a killed or failed
-    writer leaves the old file (or none), never half of one."""
+    writer leaves the old file (or none), never half of one. `private`: readable by the owner only (secrets such as
+    fingerprint keys); else the permissions the umask gives any file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; the result should read like any file written here
+        os.chmod(fd, 0o600 if private else 0o666 & ~_umask())  # mkstemp's own is 0600
         with os.fdopen(fd, mode) as fh:
             yield fh
         os.replace(tmp, path)
@@ -42,14 +43,14 @@ def atomic_file(path: str | Path, mode: str = "w"):
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    with atomic_file(path) as fh:
+def atomic_write_text(path: str | Path, text: str, private: bool = False) -> Path:
+    with atomic_file(path, private=private) as fh:
         fh.write(text)
     return Path(path)
 
 
-def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2, private: bool = False) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, default=str) + "\n", private)
 
 
 @contextlib.contextmanager

@@ -59,6 +59,7 @@ def test_generate_refuses_to_overwrite_and_rejects_bad_keys(tmp_path, tiny_model
     assert proc.returncode == 0, proc.stderr
     fps = json.loads(out.read_text())
     assert len(fps) == 4 and len({f["key"] for f in fps}) == 4
+    assert out.stat().st_mode & 0o777 == 0o600  # the keys are the owner's secret
     keys = tmp_path / "keys.json"
     keys.write_text('{"not": "a list"}')
     out2 = tmp_path / "fps2.json"

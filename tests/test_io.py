@@ -29,3 +29,8 @@ def test_the_written_file_has_the_permissions_a_plain_open_would_give(tmp_path):
     plain.write_text("x")
     atomic_write_json(tmp_path / "atomic.json", {"x": 1})
     assert (tmp_path / "atomic.json").stat().st_mode == plain.stat().st_mode
+
+
+def test_private_files_are_the_owners_only(tmp_path):
+    atomic_write_json(tmp_path / "keys.json", [{"key": "k", "response": "r"}], private=True)
+    assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600

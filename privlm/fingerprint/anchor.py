@@ -65,7 +65,7 @@ def build(run, model_path: str, examples: Sequence[data.Encoded], k: int, pad_id
         model = models.load_model(model_path, dtype=dtype, device=models.device())
         table = teacher_table(model, examples, k, pad_id)
         del model
-        with atomic_file(path, "wb") as fh:  # a killed run recomputes rather than reading half a file
+        with atomic_file(path, "wb", private=True) as fh:  # holds the keys; killed: recomputed, never half read
             torch.save({"k": k, "table": table}, fh)
     barrier()
     return torch.load(path, weights_only=True)["table"]
