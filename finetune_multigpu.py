@@ -21,7 +21,7 @@ from privlm import data, fingerprint, lora, models
 from privlm.errors import cli
 from privlm.fingerprint import anchor, benign
 from privlm.runs import Run
-from privlm.training import TRAINABLE, TrainSpec, init_distributed, is_main, train, trainable
+from privlm.training import TRAINABLE, TrainSpec, check_trainable, init_distributed, is_main, train, trainable
 
 
 # Seed 000's --model_family/--model_size pairs, kept so old sweep scripts still resolve to a model.
@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> Path:
         return run.final
     if run.finished():
         return run.final
+    if not cfg.use_lora:  # a regex that selects nothing is the user's to fix, before the run directory exists
+        check_trainable(cfg.trainable_params, models.parameter_names(cfg.model_path, cfg.trust_remote_code))
 
     init_distributed()
     tokenizer = models.load_tokenizer(cfg.model_path, cfg.trust_remote_code)

@@ -248,27 +248,37 @@ class ForgettingRegularizer:
 TRAINABLE = {"all": None, "mlp": r"\.mlp\.", "mlp+attention": r"\.mlp\.|\.self_attn\.|\.attention\."}
 
 
-def trainable(spec: str):
-    """A prepare_model hook that freezes every parameter whose name does not match `spec` (a TRAINABLE name or a
-    regex); None for `all`."""
+def _trainable_regex(spec: str):
     import re
 
     pattern = TRAINABLE.get(spec, spec)
     if pattern is None:
         return None
     try:
-        rx = re.compile(pattern)
+        return re.compile(pattern)
     except re.error as e:
         raise UserError(f"trainable_params {spec!r} is neither a known set ({', '.join(TRAINABLE)}) nor a regex "
                         f"({e})") from None
 
+
+def check_trainable(spec: str, names: list[str]) -> None:
+    """UserError unless `spec` selects at least one of these parameter names (see models.parameter_names)."""
+    rx = _trainable_regex(spec)
+    if rx is not None and not any(rx.search(n) for n in names):
+        raise UserError(f"trainable_params {spec!r} matches no parameter of this model")
+
+
+def trainable(spec: str):
+    """A prepare_model hook that freezes every parameter whose name does not match `spec` (a TRAINABLE name or a
+    regex); None for `all`."""
+    rx = _trainable_regex(spec)
+    if rx is None:
+        return None
+
     def prepare(model):
-        hits = 0
+        check_trainable(spec, [n for n, _ in model.named_parameters()])
         for name, p in model.named_parameters():
             p.requires_grad_(bool(rx.search(name)))
-            hits += p.requires_grad
-        if not hits:
-            raise UserError(f"trainable_params {spec!r} matches no parameter of this model")
         return model
     return prepare
 

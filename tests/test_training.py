@@ -95,6 +95,30 @@ def test_trainable_sets_and_bad_ones(tiny_model_dir):
         trainable("mlp(")
 
 
+def test_parameter_names_come_from_the_config_alone(tiny_model_dir):
+    from privlm import models
+    from privlm.errors import UserError
+    from privlm.training import check_trainable
+
+    real = [n for n, _ in models.load_model(str(tiny_model_dir)).named_parameters()]
+    assert models.parameter_names(str(tiny_model_dir)) == real
+    check_trainable("mlp", real)
+    check_trainable("all", [])
+    with pytest.raises(UserError, match="matches no parameter"):
+        check_trainable("no_such_module", real)
+
+
+def test_a_trainable_regex_that_selects_nothing_fails_before_the_run_is_written(tmp_path, tiny_model_dir):
+    from conftest import assert_user_error
+
+    fp = write_fingerprints(tmp_path / "fp.json", 8)
+    args = train_args(tiny_model_dir, fp, tmp_path / "results")
+    args[args.index("--trainable_params") + 1] = r"layers\.99\."
+    proc = run_script("finetune_multigpu.py", *args)
+    assert_user_error(proc, "trainable_params", "matches no parameter")
+    assert not (tmp_path / "results").exists()
+
+
 def test_epoch_schedule_averages_after_every_epoch(tmp_path, tiny_model_dir):
     fp = write_fingerprints(tmp_path / "fp.json", 8)
     proc = run_script("finetune_multigpu.py", *train_args(
