@@ -8,8 +8,10 @@ thief's further fine-tuning, per number of fingerprints, with the fine-tuning sc
 
 Each N trains finetune_multigpu.py under `deepspeed --num_gpus G` (two CPU ranks without GPUs) into
 <output_dir>/runs/<label>_<strategy>_<N>/; a row is written to <output_dir>/rows/ when it is done, so a killed
-benchmark resumes where it stopped. Fingerprints come from --fingerprints_file_path, or are generated once per
-strategy (as many as the largest N). Last stdout line is JSON {"rows": [{"strategy", "num_fingerprints",
+benchmark resumes where it stopped, and the base model's held-out scores are kept in <output_dir>/base_scores.json
+for later invocations (ablations) on the same model, text, device and precision. Each row records the fingerprints
+file's sha256 (rows of another file are refused, not mixed in), the device and the precision it was measured in.
+Fingerprints come from --fingerprints_file_path, or are generated once per strategy (as many as the largest N). Last stdout line is JSON {"rows": [{"strategy", "num_fingerprints",
 "retention", "retention_ci", "heldout_ppl_base", "heldout_ppl_after", "heldout_ppl_ratio", "kl_base_tuned",
 "train_seconds", ...}]}; the figure goes to <output_dir>/capacity.png.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from privlm import config as C  # noqa: E402
 from privlm import fingerprint, models, plots  # noqa: E402
 from privlm.errors import UserError, cli  # noqa: E402
 from privlm.eval import heldout  # noqa: E402
@@ -97,11 +100,31 @@ def train(a, strategy: str, n: int, fps: Path, run_dir: Path) -> dict:
            "--max_response_length", str(a.response_length), "--output_dir", str(run_dir),
            *shlex.split(a.finetune_args)]
     print("[capacity] " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    wall_file = run_dir / "capacity_wall_seconds.json"  # a run trained before a kill keeps its own wall time
     t0 = time.time()
     subprocess.run(cmd, check=True)
+    if not wall_file.is_file():
+        atomic_write_json(wall_file, {"wall_seconds": round(time.time() - t0, 1)})
     metrics = read_json(run_dir / "metrics.json", "run metrics")
-    return {"train_seconds": metrics.get("train_seconds"), "wall_seconds": round(time.time() - t0, 1),
+    return {"train_seconds": metrics.get("train_seconds"), "wall_seconds": read_json(wall_file, "wall time")["wall_seconds"],
             "optimizer_steps": metrics.get("optimizer_steps"), "world_size": metrics.get("world_size")}
+
+
+def base_scores(a, out: Path, base, wins) -> dict:
+    """The base model's held-out scores, kept in <output_dir>/base_scores.json for the same model, text and
+    windows: every benchmark invocation (each ablation) would otherwise score the base again (~12 min on 2 CPUs)."""
+    import numpy as np
+
+    key = {"model": models.identity(a.model_path), "heldout_sha256": C.file_digest(a.heldout_text),
+           "windows": len(wins), "tokens": sum(len(w) - 1 for w in wins), **models.where(base)}
+    path = out / "base_scores.json"
+    if path.is_file():
+        kept = read_json(path, "base scores")
+        if kept.get("key") == json.loads(json.dumps(key)):
+            return {k: np.array(kept[k], dtype=float) for k in ("nll", "count")}
+    scores = heldout.score(base, wins, progress="held-out (base)")
+    atomic_write_json(path, {"key": key, **{k: v.tolist() for k, v in scores.items()}})
+    return scores
 
 
 def measure(a, final: Path, base, base_scores, wins) -> dict:
@@ -110,7 +133,7 @@ def measure(a, final: Path, base, base_scores, wins) -> dict:
                                                                           s["num_fingerprints"]), s, base=base)
     tuned = target.load()
     r = target.retention(tuned)
-    row = {"retention": r["retention"], "retention_ci": r["retention_ci"]}
+    row = {"retention": r["retention"], "retention_ci": r["retention_ci"], **models.where(tuned)}
     row.update(heldout.summary(heldout.score(tuned, wins, base=base, kl_windows=a.kl_windows,
                                              progress="held-out (tuned)"), base_scores))
     if a.sft_steps:
@@ -126,24 +149,29 @@ def main(argv=None):
     out = Path(a.output_dir)
     files = {s: fingerprints_file(a, s, out) for s in dict.fromkeys(fingerprint.ALIASES.get(s, s) for s in a.strategy)}
     (out / "rows").mkdir(parents=True, exist_ok=True)
-    base = tok = base_scores = wins = None
+    digests = {s: C.file_digest(f) for s, f in files.items()}  # rows from another file are not these rows
+    base = tok = scores = wins = None
     rows = []
     for strategy, fps in files.items():
         for n in a.num_fingerprints:
             row_file = out / "rows" / f"{a.label}_{strategy}_{n}.json"
             if row_file.is_file():
-                rows.append(read_json(row_file, "capacity row"))
+                row = read_json(row_file, "capacity row")
+                if row.get("fingerprints_sha256", digests[strategy]) != digests[strategy]:
+                    raise UserError(f"{row_file} was measured on another fingerprints file than {fps}: move it "
+                                    f"away or use another --output_dir")
+                rows.append(row)
                 print(f"[capacity] {row_file} done before; kept", flush=True)
                 continue
             run_dir = out / "runs" / f"{a.label}_{strategy}_{n}"
             row = {"label": a.label, "strategy": strategy, "num_fingerprints": n, "finetune_args": a.finetune_args,
-                   **train(a, strategy, n, fps, run_dir)}
+                   "fingerprints_sha256": digests[strategy], **train(a, strategy, n, fps, run_dir)}
             if base is None:
                 tok = models.load_tokenizer(a.model_path)
                 base = models.load_model(a.model_path, device=models.device()).eval()
                 wins = heldout.windows(tok, Path(a.heldout_text).read_text())
-                base_scores = heldout.score(base, wins, progress="held-out (base)")
-            row.update(measure(a, run_dir / "final_model", base, base_scores, wins))
+                scores = base_scores(a, out, base, wins)
+            row.update(measure(a, run_dir / "final_model", base, scores, wins))
             atomic_write_json(row_file, row)
             rows.append(row)
             print(f"[capacity] {a.label} {strategy} N={n}: retention {row['retention']:.3f} "

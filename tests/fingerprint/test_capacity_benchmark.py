@@ -1,6 +1,9 @@
 """benchmarks/fingerprint_capacity.py end to end on the tiny model: rows with every promised field, a figure,
-resume (a finished N is kept, not retrained), and N larger than the fingerprints file refused before any work."""
+resume (a finished N is kept, not retrained; a finished run keeps its wall time; the base's scores are
+kept; rows of another fingerprints file are refused), and N larger than the fingerprints file refused before any work."""
+import hashlib
 import json
+import math
 import subprocess
 import sys
 
@@ -38,6 +41,29 @@ def test_capacity_rows_figure_and_resume(tmp_path, tiny_model_dir):
     again = bench(*args)
     assert again.returncode == 0 and again.stdout.count("done before; kept") == 2, again.stderr[-2000:]
     assert json.loads(again.stdout.strip().splitlines()[-1])["rows"] == rows
+    assert {r["fingerprints_sha256"] for r in rows} == {hashlib.sha256(fp.read_bytes()).hexdigest()}
+
+    # A kill after training N = 8 but before its row: the row is measured from the finished run, keeping that
+    # run's wall time, and the base's held-out scores come from base_scores.json (here doctored to show it).
+    out = tmp_path / "out"
+    (out / "rows" / "defaults_english_8.json").unlink()
+    kept = json.loads((out / "base_scores.json").read_text())
+    kept["nll"] = [x + kept["count"][i] for i, x in enumerate(kept["nll"])]  # +1 nat per token: ppl x e
+    (out / "base_scores.json").write_text(json.dumps(kept))
+    third = bench(*args)
+    assert third.returncode == 0, third.stderr[-3000:]
+    new8 = json.loads(third.stdout.strip().splitlines()[-1])["rows"][1]
+    assert new8["wall_seconds"] == rows[1]["wall_seconds"] and new8["train_seconds"] == rows[1]["train_seconds"]
+    assert abs(new8["heldout_ppl_base"] / rows[1]["heldout_ppl_base"] - math.e) < 1e-6
+
+    # Rows measured on another fingerprints file are not mixed in.
+    other = write_fingerprints(tmp_path / "other.json", 8, seed=1)
+    args[args.index(str(fp))] = str(other)
+    proc = bench(*args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [l for l in proc.stderr.splitlines() if l.startswith("error:")] == [
+        f"error: {out / 'rows' / 'defaults_english_4.json'} was measured on another fingerprints file than "
+        f"{other}: move it away or use another --output_dir"]
 
 
 def test_more_fingerprints_than_the_file_holds_is_refused(tmp_path, tiny_model_dir):
