@@ -11,9 +11,10 @@ Each N trains finetune_multigpu.py under `deepspeed --num_gpus G` (two CPU ranks
 benchmark resumes where it stopped, and the base model's held-out scores are kept in <output_dir>/base_scores.json
 for later invocations (ablations) on the same model, text, device and precision. Each row records the fingerprints
 file's sha256 (rows of another file are refused, not mixed in), the device and the precision it was measured in.
-Fingerprints come from --fingerprints_file_path, or are generated once per strategy (as many as the largest N). Last stdout line is JSON {"rows": [{"strategy", "num_fingerprints",
-"retention", "retention_ci", "heldout_ppl_base", "heldout_ppl_after", "heldout_ppl_ratio", "kl_base_tuned",
-"train_seconds", ...}]}; the figure goes to <output_dir>/capacity.png.
+Fingerprints come from --fingerprints_file_path, or are generated once per strategy (as many as the largest N).
+Last stdout line is JSON {"rows": [{"strategy", "num_fingerprints", "retention", "retention_ci", "heldout_ppl_base",
+"heldout_ppl_after", "heldout_ppl_ratio", "kl_base_tuned", "train_seconds", ...}]}; the figure goes to
+<output_dir>/capacity.png.
 """
 from __future__ import annotations
 
@@ -111,8 +112,9 @@ def train(a, strategy: str, n: int, fps: Path, run_dir: Path) -> dict:
 
 
 def base_scores(a, out: Path, base, wins) -> dict:
-    """The base model's held-out scores, kept in <output_dir>/base_scores.json for the same model, text and
-    windows: every benchmark invocation (each ablation) would otherwise score the base again (~12 min on 2 CPUs)."""
+    """The base model's held-out scores, kept in <output_dir>/base_scores.json for the same model, text, windows,
+    device and precision: every invocation (each ablation) would otherwise score the base again (about 6 min in
+    fp32 on a 2-core CPU)."""
     import numpy as np
 
     key = {"model": models.identity(a.model_path), "heldout_sha256": C.file_digest(a.heldout_text),

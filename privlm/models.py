@@ -220,14 +220,9 @@ def load_model(path: str, dtype: str | torch.dtype = "auto", device: str | None 
 def parameter_names(path: str, trust_remote_code: bool = False) -> list[str]:
     """The causal LM's parameter names, from its config alone (built on the meta device: no weights read, no
     memory), so that a setting naming parameters can be checked before a run writes anything."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        config = AutoConfig.from_pretrained(resolve(path), trust_remote_code=trust_remote_code)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from None
+    resolved = resolve(path)  # outside the meta device: a first use of a .gguf converts it with real tensors
+    with torch.device("meta"):
+        model = load_model(resolved, pretrained=False, trust_remote_code=trust_remote_code)
     return [n for n, _ in model.named_parameters()]
 
 
