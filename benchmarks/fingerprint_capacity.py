@@ -104,9 +104,10 @@ def train(a, strategy: str, n: int, fps: Path, run_dir: Path) -> dict:
     wall_file = run_dir / "capacity_wall_seconds.json"  # a run trained before a kill keeps its own wall time
     t0 = time.time()
     subprocess.run(cmd, check=True)
-    if not wall_file.is_file():
-        atomic_write_json(wall_file, {"wall_seconds": round(time.time() - t0, 1)})
     metrics = read_json(run_dir / "metrics.json", "run metrics")
+    if not wall_file.is_file():  # a run resumed mid-training adds the training its killed process had done
+        wall = time.time() - t0 + (metrics.get("resumed_after_seconds") or 0)
+        atomic_write_json(wall_file, {"wall_seconds": round(wall, 1)})
     return {"train_seconds": metrics.get("train_seconds"), "wall_seconds": read_json(wall_file, "wall time")["wall_seconds"],
             "optimizer_steps": metrics.get("optimizer_steps"), "world_size": metrics.get("world_size")}
 

@@ -388,7 +388,8 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
           on_step: Callable | None = None, loss_fn: Callable | None = None) -> dict:
     """Train `model_path` on `dataset` into `run` (a privlm.runs.Run): checkpoints in run.checkpoints, the final HF
     folder (with run.final_files inside) in run.final. A killed run resumes from its last checkpoint (or from
-    --resume_from_checkpoint). Returns metrics (rank 0's view).
+    --resume_from_checkpoint). Returns metrics (rank 0's view); after a resume `train_seconds` includes the training
+    time of the killed process(es), up to the checkpoint resumed from (`resumed_after_seconds`).
 
     `steps_factory(dataset, collate_fn, spec, rank, world)` chooses how logical steps are drawn and taken
     (PlainSteps by default; the DP plan's factory for DP-SGD); `prepare_model(model)` can wrap the model (LoRA);
@@ -431,19 +432,21 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
     run_dir, ckpt_dir = run.dir, run.checkpoints
     logger = MetricLogger(run_dir, spec.report_to, run.id, {"spec": spec.__dict__}, enabled=rank_ == 0)
 
-    start_epoch, skip, history, carried = 0, 0, [], []
+    start_epoch, skip, history, carried, before = 0, 0, [], [], 0.0
     resume = run.resume_checkpoint()
     if resume is not None:
         load_dir, tag = (resume, None) if (resume / "latest").is_file() else (resume.parent, resume.name)
         _, client = engine.load_checkpoint(str(load_dir), tag=tag, load_module_strict=True)
         start_epoch, history = client["epoch"], client.get("history", [])
         skip, carried = client.get("step_in_epoch", 0), client.get("epoch_losses", [])
+        before = client.get("train_seconds", 0.0)  # training time of the killed process(es), so totals stay true
         steps.load_state(client.get("steps", {}))
         if rank_ == 0:
             print(f"[privlm] resuming from {resume} at epoch {start_epoch + 1}, step {skip}", flush=True)
             logger.log({"event": "resume", "from": str(resume), "epoch": start_epoch, "step_in_epoch": skip})
 
     t0 = time.time()
+    elapsed = lambda: round(before + time.time() - t0, 2)  # noqa: E731
     if on_step is not None and start_epoch == 0 and skip == 0:
         on_step(engine, 0, total_steps)
     done = start_epoch * steps_per_epoch + skip
@@ -469,20 +472,21 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
             if spec.save_every_steps and (i + 1) % spec.save_every_steps == 0 and i + 1 < in_epoch:
                 _save_checkpoint(engine, ckpt_dir, f"epoch{epoch}_step{i + 1}",
                                  {"epoch": epoch, "step_in_epoch": i + 1, "epoch_losses": losses,
-                                  "history": history, "steps": steps.state()})
+                                  "history": history, "steps": steps.state(), "train_seconds": elapsed()})
         mean = torch.tensor(sum(losses) / max(1, len(losses)))
         if world > 1:
             torch.distributed.all_reduce(mean)
             mean /= world
         history.append({"epoch": epoch + 1, "loss": mean.item(), "lr": engine.get_lr()[0],
-                        "elapsed_s": round(time.time() - t0, 2), **steps.state()})
+                        "elapsed_s": elapsed(), **steps.state()})
         last = epoch + 1 == epochs
         if reg is not None and (spec.forgetting_schedule == "epoch" or last):
             reg.apply(spec.forgetting_lambda)
         logger.log(history[-1], (epoch + 1) * steps_per_epoch if not last else total_steps)
         if not last and (epoch + 1) % spec.save_every_epochs == 0:
             _save_checkpoint(engine, ckpt_dir, f"epoch{epoch + 1}",
-                             {"epoch": epoch + 1, "history": history, "steps": steps.state()})
+                             {"epoch": epoch + 1, "history": history, "steps": steps.state(),
+                              "train_seconds": history[-1]["elapsed_s"]})
     bar.close()
     logger.close()
 
@@ -491,7 +495,7 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
     release_shm_buffers()
     if rank_ == 0 and not spec.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return {"history": history, "train_seconds": round(time.time() - t0, 2), "world_size": world,
+    return {"history": history, "train_seconds": elapsed(), "resumed_after_seconds": before, "world_size": world,
             "optimizer_steps": total_steps, **steps.state()}
 
 

@@ -144,6 +144,11 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_model_dir):
     log = [json.loads(line) for line in (rd / "log.txt").read_text().splitlines()]
     resume_epoch = next(r["epoch"] for r in log if r.get("event") == "resume")
     assert 1 <= resume_epoch < 25
+    # the killed process's training time is kept: the total runs on from the checkpoint's elapsed time
+    metrics = json.loads((rd / "metrics.json").read_text())
+    elapsed = [h["elapsed_s"] for h in metrics["history"]]
+    assert metrics["resumed_after_seconds"] == elapsed[resume_epoch - 1] > 0
+    assert elapsed == sorted(elapsed) and metrics["train_seconds"] >= elapsed[-1]
     assert not (rd / "checkpoints").exists(), "checkpoints are removed after success"
 
     straight = tmp_path / "straight"
