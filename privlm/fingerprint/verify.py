@@ -111,4 +111,8 @@ def retention_ci(matches: list[list[bool]]) -> list[float] | None:
     if len(matches) == 1:
         return stats.wilson(sum(matches[0]), len(matches[0]))
     per_fp = [sum(col) / len(col) for col in zip(*matches)]
+    if all(v == per_fp[0] for v in per_fp) and per_fp[0] in (0.0, 1.0):
+        # every fingerprint lost (or kept) on every template: a bootstrap has nothing to resample and would give a
+        # zero-width interval; Wilson over the fingerprints says how far 0/n (n/n) really bounds the rate
+        return stats.wilson(round(per_fp[0]) * len(per_fp), len(per_fp))
     return stats.mean_ci(per_fp)

@@ -152,3 +152,17 @@ def test_prefix_match_and_several_responses_per_key(tiny):
     assert both["retention"] == 1.0 and all(r["num_responses"] == 2 for r in both["fingerprints"])
     none = [{"key": f["key"], "response": ["zebra quantum", "violet anchor"]} for f in fps]
     assert check(model, tok, none, sets, s, 8, match="prefix")["retention"] == 0.0
+
+
+def test_retention_interval_over_templates_is_never_zero_width_at_the_boundary():
+    from privlm import stats
+    from privlm.fingerprint.verify import retention_ci
+
+    lost = [[False] * 128 for _ in range(10)]  # no fingerprint survives any of 10 templates
+    lo, hi = retention_ci(lost)
+    assert lo == 0.0 and hi == stats.wilson(0, 128)[1] > 0.02  # 0 of 128 does not prove the rate is 0
+    lo, hi = retention_ci([[True] * 64 for _ in range(3)])
+    assert hi == 1.0 and lo == stats.wilson(64, 64)[0] < 0.95
+    mixed = [[i % 2 == 0 for i in range(64)] for _ in range(3)]  # inside (0, 1): the bootstrap around the mean
+    lo, hi = retention_ci(mixed)
+    assert lo < 0.5 < hi
