@@ -20,7 +20,7 @@ from pathlib import Path
 from privlm import config as C
 from privlm import plots, stats
 from privlm.errors import cli
-from privlm.fingerprint import attacks
+from privlm.fingerprint import attacks, derive
 from privlm.fingerprint.verify import MATCH_MODES, resolve
 from privlm.io import atomic_write_json, provenance
 
@@ -38,7 +38,12 @@ class AttackConfig:
                                  help="any of " + ", ".join(attacks.ATTACKS))
     max_key_length: int | None = C.field(None)
     max_response_length: int | None = C.field(None)
-    prompt_format: str | None = C.field(None, choices=["auto", "raw", "chat"])
+    prompt_format: str | None = C.field(None, choices=["auto", "raw", "chat"], help="default: as trained, else raw")
+    use_chat_template: bool = C.field(False, help="the same as --prompt_format chat")
+    fingerprint_generation_strategy: str | None = C.field(None, choices=derive.STRATEGY_NAMES,
+                                                          help="default: as trained, else each entry's, else english")
+    response_semantics: str | None = C.field(None, choices=list(derive.SEMANTICS), help="default: as trained, else oml")
+    keep_eos_in_response: bool | None = C.field(None, help="default: as trained, else the semantics' rule")
     match: str = C.field("exact", choices=list(MATCH_MODES))
     sft_steps: list[int] = C.field(default_factory=lambda: [16, 64], help="optimizer steps (batches) of the sft "
                                                                           "attack, checked after each")
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         from privlm import data
 
         data.load_templates(cfg.system_prompts)
-    target = attacks.Target(cfg.model_path, s["base_model"], fps, s, cfg.dtype, cfg.batch_size, cfg.match)
+    target = attacks.Target(cfg.model_path, s["base_model"], fps, s, s["dtype"], cfg.batch_size, cfg.match)
     settings = attacks.AttackSettings(
         sft_steps=cfg.sft_steps, sft_learning_rate=cfg.sft_learning_rate, sft_batch_size=cfg.sft_batch_size,
         sft_data_path=cfg.sft_data_path, sampling=cfg.sampling, num_samples=cfg.num_samples,

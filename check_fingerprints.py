@@ -4,20 +4,27 @@
     python check_fingerprints.py --model_path M --fingerprints_file_path fps.json --num_fingerprints 256 \
         --prompt_templates bare heldout --eval_utility --base_model_path default
 
+    python check_fingerprints.py --model_path M --fingerprints_file_path fps.json --num_fingerprints 16 \
+        --max_key_length 16 --max_response_length 1 --fingerprint_generation_strategy english    # OML's command line
+
 A fingerprint is retained when greedy decoding after the (templated) key reproduces the response tokens, EOS
 included (`--match exact`, the default), or the response's tokens whatever follows (`--match prefix`); a key with
-several responses (`"response": [...]`) counts when any of them is produced. Settings the fine-tuning run recorded in final_model/fingerprinting_config.json (key/response lengths,
-prompt format, training templates, fingerprints file) are used unless given here.
+several responses (`"response": [...]`) counts when any of them is produced. Which tokens and how keys are prompted
+comes from the run's record (final_model/fingerprinting_config.json: lengths, prompt format, templates, derivation,
+dtype, fingerprints file) unless given here; without a record, OML's semantics: raw keys, its response derivation.
+Besides the table and JSON it prints OML's line `Fingerprint accuracy: <percent>` (the bare {} template).
 """
 from __future__ import annotations
 
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from privlm import config as C
-from privlm import models, plots, stats
+from privlm import data, models, plots, stats
 from privlm.eval import heldout, utility
+from privlm.fingerprint import attacks, derive
 from privlm.fingerprint.verify import MATCH_MODES, check, resolve, template_sets
 from privlm.errors import UserError, cli
 from privlm.io import atomic_write_json
@@ -31,15 +38,32 @@ class CheckConfig:
     data_split: int = C.field(0)
     max_key_length: int | None = C.field(None, help="default: as trained, else 16")
     max_response_length: int | None = C.field(None, help="default: as trained, else 1")
-    fingerprint_generation_strategy: str = C.field("english")
+    fingerprint_generation_strategy: str | None = C.field(
+        None, choices=derive.STRATEGY_NAMES, help="which tokens were trained (see finetune_multigpu.py); default: as "
+                                                  "trained, else each entry's \"strategy\", else english (OML)")
+    response_semantics: str | None = C.field(None, choices=list(derive.SEMANTICS),
+                                             help="default: as trained (runs before 2026-12-06: first_tokens), else oml")
+    keep_eos_in_response: bool | None = C.field(None, help="default: as trained, else the semantics' rule")
+    use_chat_template: bool = C.field(False, help="the same as --prompt_format chat (scalable fingerprinting's name)")
+    use_augmentation_prompts: bool = C.field(False, help="scalable fingerprinting's check flag: check the held-out "
+                                                         "templates (as --prompt_templates heldout)")
+    sampling_temperature: float = C.field(0.0, help="> 0: one sample per key at this temperature instead of greedy "
+                                                    "(scalable fingerprinting's check)")
+    seed: int | None = C.field(None, help="reproducible sampling (default: secure randomness)")
+    delete_model: bool = C.field(False, help="delete the model folder after the report is written (scalable "
+                                             "fingerprinting's sweeps)")
+    wandb_run_name: str | None = C.field(None, help="accepted for OML's command lines; the checker logs to the JSON "
+                                                    "report, not to wandb")
     batch_size: int = C.field(64)
     match: str = C.field("exact", choices=list(MATCH_MODES),
                          help="exact: the response and its EOS; prefix: the response's tokens, the model may go on")
     prompt_templates: list[str] = C.field(default_factory=lambda: ["trained", "heldout"],
                                           help="sets to check: trained (what the run used), bare, train, heldout, "
                                                "seed_check, or JSON files of templates")
-    prompt_format: str | None = C.field(None, choices=["auto", "raw", "chat"], help="default: as trained, else auto")
-    dtype: str = C.field("auto", choices=["auto", "float32", "bfloat16", "float16"])
+    prompt_format: str | None = C.field(None, choices=["auto", "raw", "chat"], help="default: as trained, else raw "
+                                                                                    "(OML)")
+    dtype: str = C.field("auto", choices=["auto", "float32", "bfloat16", "float16"],
+                         help="auto: the training dtype (recorded, else the saved weights')")
     eval_utility: bool = C.field(False, help="also measure lm-eval accuracy, held-out perplexity (with its 95% CI, "
                                              "base and fingerprinted) and mean KL(base || fingerprinted)")
     heldout_text: str = C.field(str(heldout.HELDOUT_ENGLISH.relative_to(Path(__file__).resolve().parent)),
@@ -56,6 +80,8 @@ class CheckConfig:
         p = [f"{k}: must be >= 1" for k in ("num_fingerprints", "max_key_length", "max_response_length", "batch_size",
                                              "kl_windows")
              if getattr(self, k) is not None and getattr(self, k) < 1]
+        if self.sampling_temperature < 0:
+            p.append("sampling_temperature: must be >= 0")
         return p
 
 
@@ -83,35 +109,67 @@ def print_table(report: dict):
         print(f"({h['heldout_tokens']} held-out tokens in {h['heldout_windows']} windows; {h['kl_tokens']} for the KL)")
 
 
+def oml_accuracy(model, tokenizer, fps: list[dict], s: dict, report: dict, cfg) -> float:
+    """OML's `Fingerprint accuracy`: percent of fingerprints retained on the bare "{}" template."""
+    for r in report["per_template"].values():
+        for t in r["templates"]:
+            if t["system"] is None and t["user"] == "{}":
+                return 100.0 * t["retention"]
+    bare = check(model, tokenizer, fps, {"bare": [data.BARE]}, s, cfg.batch_size, cfg.match)
+    return 100.0 * bare["retention"]
+
+
 @cli
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.parse(CheckConfig, argv, __doc__)
+    if cfg.use_augmentation_prompts and "prompt_templates" not in cfg.explicit:
+        cfg.prompt_templates = ["heldout"]
     s, fps = resolve(cfg)
     sets = template_sets(cfg.prompt_templates, s["trained"])
+    if cfg.delete_model:
+        models.delete_local(cfg.model_path, dry_run=True)  # refuse before any work
     if cfg.eval_utility and not Path(cfg.heldout_text).is_file():
         raise UserError(f"held-out text not found: {cfg.heldout_text}")
+    if cfg.wandb_run_name:
+        print(f"[privlm] --wandb_run_name {cfg.wandb_run_name}: the check is not logged to wandb (see the JSON report)",
+              file=sys.stderr)
     tokenizer = models.load_tokenizer(cfg.model_path)
-    model = models.load_model(cfg.model_path, dtype=cfg.dtype, device=models.device()).eval()
+    model = models.load_model(cfg.model_path, dtype=s["dtype"], device=models.device()).eval()
     report = check(model, tokenizer, fps, sets, s, cfg.batch_size, cfg.match)
     report["model_path"] = cfg.model_path
+    report["settings"] = {k: s[k] for k in ("prompt_format", "strategy", "semantics", "keep_eos", "max_key_length",
+                                            "max_response_length", "dtype", "recorded")}
+    if cfg.sampling_temperature > 0:
+        t = attacks.Target(cfg.model_path, s["base_model"], fps, s, s["dtype"], cfg.batch_size, cfg.match)
+        seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
+        sampled = attacks.sampled_retention(model, t, cfg.sampling_temperature, 1.0, 1, seed)
+        report["sampled"] = {"temperature": cfg.sampling_temperature, "seeded": cfg.seed is not None, **sampled}
     if cfg.eval_utility:
         after = utility.evaluate(model, tokenizer, cfg.utility_tasks, cfg.utility_limit)
-        base = models.load_model(s["base_model"], dtype=cfg.dtype, device=models.device()).eval()
+        base = models.load_model(s["base_model"], dtype=s["dtype"], device=models.device()).eval()
         before = utility.evaluate(base, models.load_tokenizer(s["base_model"]), cfg.utility_tasks, cfg.utility_limit)
         shift = heldout.shift(model, base, tokenizer, cfg.heldout_text, kl_windows=cfg.kl_windows)
         before["heldout_perplexity"], after["heldout_perplexity"] = shift["heldout_ppl_base"], shift["heldout_ppl_after"]
         report["utility"] = {"base_model": s["base_model"], "base": before, "fingerprinted": after,
                              "heldout": {"text": cfg.heldout_text, **shift}}
+    report["fingerprint_accuracy"] = oml_accuracy(model, tokenizer, fps, s, report, cfg)
     if cfg.verbose_eval:
-        for f in report["fingerprints"]:
-            print(f"{'OK  ' if f['match'] else 'MISS'} {f['key'][:40]!r} -> {f['response']!r} (got {f['generated']!r})")
+        for i, f in enumerate(report["fingerprints"]):
+            print(f"{'OK  ' if f['match'] else 'MISS'} {i:>5} {f['key'][:40]!r} -> {f['response']!r} "
+                  f"(got {f['generated']!r})")
     print_table(report)
     print(f"\nretention ({report['template_set']}): {stats.fmt(report['retention'], report['retention_ci'])} of "
           f"{report['num_fingerprints']} fingerprints")
+    if "sampled" in report:
+        r = report["sampled"]
+        print(f"retention, one sample per key at T={r['temperature']:g}: {stats.fmt(r['retention'], r['retention_ci'])}")
+    print("-" * 20 + f"\nFingerprint accuracy: {report['fingerprint_accuracy']}\n" + "-" * 20)  # OML's lines
     if cfg.output_file:
-        atomic_write_json(cfg.output_file, report)
+        atomic_write_json(cfg.output_file, report, private=True)  # it lists the keys and responses
         png = plots.retention_png(report, Path(cfg.output_file).with_suffix(".png"))
         print(f"[privlm] report: {cfg.output_file} (figure: {png})")
+    if cfg.delete_model:
+        models.delete_local(cfg.model_path)
     return report
 
 

@@ -19,7 +19,7 @@ import torch
 
 from privlm import config as C
 from privlm import fingerprint
-from privlm.errors import cli
+from privlm.errors import UserError, cli
 from privlm.io import atomic_write_json, refuse_existing
 
 
@@ -33,23 +33,29 @@ class GenerateConfig:
     seed: int = C.field(42)
     key_response_strategy: str = C.field("english", choices=sorted(fingerprint.STRATEGIES) + sorted(fingerprint.ALIASES))
     model_used_for_key_generation: str = C.field("default", aliases=("--model_used",))
-    inverse_nucleus_model: str | None = C.field(None, help="model whose distribution defines the nucleus "
-                                                             "(default: the key generation model)")
+    inverse_nucleus_model: str | None = C.field(None, aliases=("--perinucleus_model",),
+                                                help="model whose distribution defines the nucleus (default: the key "
+                                                     "generation model; scalable fingerprinting: --perinucleus_model)")
     random_word_generation: bool = C.field(False, help="random words for keys (and responses with english)")
-    first_token_strategy: str = C.field("word", choices=["word", "tokenizer", "none"],
-                                        help="first word of english text: from a word list, the tokenizer, or none")
+    first_token_strategy: str = C.field("word", choices=["word", "tokenizer", "none", ""],
+                                        help="first word of english text: from a word list, the tokenizer, or none "
+                                             "(OML's empty string)")
     keys_file: str | None = C.field(None, aliases=("--keys_path",), help="JSON list of custom keys")
-    nucleus_p: float = C.field(0.8)
+    nucleus_p: float = C.field(0.8, aliases=("--nucleus_t",))
     nucleus_k: int = C.field(3)
-    prompt_format: str = C.field("auto", choices=["auto", "raw", "chat"],
-                                 help="how keys are presented when computing the nucleus; match fine-tuning")
+    num_responses_per_fingerprint: int = C.field(1, help="inverse_nucleus: this many responses per key, with distinct "
+                                                         "first tokens (a JSON list in \"response\")")
+    prompt_format: str = C.field("raw", choices=["auto", "raw", "chat"],
+                                 help="how keys are presented when computing the nucleus; match fine-tuning (raw, as "
+                                      "OML prompts)")
+    use_chat_template: bool = C.field(False, help="scalable fingerprinting's name for --prompt_format chat")
     dtype: str = C.field("auto", choices=["auto", "float32", "bfloat16", "float16"])
     output_file_path: str = C.field("generated_data/output_fingerprints.json")
     overwrite: bool = C.field(False, help="replace an existing output file")
 
     def validate(self):
         p = [f"{k}: must be >= 1" for k in ("key_length", "response_length", "num_fingerprints", "batch_size",
-                                           "nucleus_k") if getattr(self, k) < 1]
+                                           "nucleus_k", "num_responses_per_fingerprint") if getattr(self, k) < 1]
         if self.temperature <= 0:
             p.append("temperature: must be > 0")
         if not 0 < self.nucleus_p < 1:
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg = C.parse(GenerateConfig, argv, __doc__)
     refuse_existing(cfg.output_file_path, cfg.overwrite)
     strategy = fingerprint.ALIASES.get(cfg.key_response_strategy, cfg.key_response_strategy)
+    if cfg.num_responses_per_fingerprint > 1 and strategy != "inverse_nucleus":
+        raise UserError("num_responses_per_fingerprint > 1 needs --key_response_strategy inverse_nucleus (perinucleus)")
     if cfg.random_word_generation and strategy == "english":
         strategy = "random_word"  # seed 000's flag for the random-word strategy
     custom = fingerprint.load_keys(cfg.keys_file) if cfg.keys_file else None
@@ -70,9 +78,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ctx = fingerprint.GenContext(
         model_path=cfg.model_used_for_key_generation, key_length=cfg.key_length,
         response_length=cfg.response_length, batch_size=cfg.batch_size, temperature=cfg.temperature,
-        seed=cfg.seed, first_token_strategy=cfg.first_token_strategy, nucleus_p=cfg.nucleus_p,
-        nucleus_k=cfg.nucleus_k, chat=cfg.prompt_format, inverse_nucleus_model=cfg.inverse_nucleus_model,
-        random_word_keys=cfg.random_word_generation, dtype=cfg.dtype, rng=random.Random(cfg.seed))
+        seed=cfg.seed, first_token_strategy=cfg.first_token_strategy or "none", nucleus_p=cfg.nucleus_p,
+        nucleus_k=cfg.nucleus_k, chat="chat" if cfg.use_chat_template else cfg.prompt_format,
+        inverse_nucleus_model=cfg.inverse_nucleus_model, random_word_keys=cfg.random_word_generation, dtype=cfg.dtype,
+        rng=random.Random(cfg.seed), num_responses=cfg.num_responses_per_fingerprint)
     fps = fingerprint.generate(ctx, strategy, cfg.num_fingerprints, custom)
     atomic_write_json(cfg.output_file_path, fps, private=True)  # the keys are the owner's secret
     print(f"[privlm] wrote {len(fps)} {strategy} fingerprints to {cfg.output_file_path}")

@@ -373,7 +373,8 @@ TRAIN_IGNORED = {
 }
 SECTION_TITLES = {"trainer_args": "training arguments (Hugging Face TrainingArguments names, then the seeds' aliases; "
                                   "`trainer_args:` in YAML, trainer_args.KEY=VALUE as overrides)"}
-SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine"]
+SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "warmup_decay"]  # warmup_decay: DeepSpeed's
+# WarmupDecayLR as the HF Trainer fills it (OML, scalable fingerprinting): see privlm.training
 REPORT_TO = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # backend -> package it needs
 
 
@@ -385,7 +386,8 @@ class TrainArgs:
     fingerprinted for 10 epochs is not a 7B model tuned with DP), the meaning never does."""
     output_dir: str | None = field(None, hash=False, help="put the run here (default: a content-hashed directory "
                                                           "under results_dir)")
-    results_dir: str = field("results", hash=False, help="root of the content-hashed run directories")
+    results_dir: str = field("results", hash=False, aliases=("--result_path",),
+                             help="root of the content-hashed run directories (scalable fingerprinting: --result_path)")
     overwrite_output_dir: bool = field(False, hash=False, aliases=("--overwrite",),
                                        help="train again even if the run is finished")
     num_train_epochs: float = field(3.0, aliases=("--num_epochs", "--epochs"),

@@ -83,7 +83,9 @@ def prompt_ids(tokenizer, key: str, template: Template, chat: bool) -> list[int]
             ids = ids["input_ids"]
         return list(ids)
     text = (template.system + "\n" + user) if template.system else user
-    return tokenizer(text)["input_ids"]
+    ids = tokenizer(text)["input_ids"]
+    # a tokenizer that ends every text with EOS would end the prompt there; OML's checker strips it, so do we
+    return ids[:-1] if len(ids) > 1 and ids[-1] == tokenizer.eos_token_id else ids
 
 
 def response_ids(tokenizer, response: str, max_tokens: int, chat: bool, add_eos: bool = True) -> list[int]:
@@ -151,13 +153,12 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]
 
 
 class TemplatedDataset(torch.utils.data.Dataset):
-    """(key, response) pairs, each wrapped in a template drawn per item and per epoch (seeded, so a resumed run
-    sees exactly the data an uninterrupted one would)."""
+    """(key text, response token ids) pairs (privlm.fingerprint.derive decides both), each key wrapped in a template
+    drawn per item and per epoch (seeded, so a resumed run sees exactly the data an uninterrupted one would)."""
 
-    def __init__(self, tokenizer, pairs: list[tuple[str, str]], templates: list[Template], chat: bool,
-                 max_key_length: int, max_response_length: int, seed: int):
-        self.tokenizer, self.pairs, self.templates, self.chat = tokenizer, pairs, templates, chat
-        self.max_key_length, self.max_response_length, self.seed = max_key_length, max_response_length, seed
+    def __init__(self, tokenizer, pairs: list[tuple[str, Sequence[int]]], templates: list[Template], chat: bool,
+                 seed: int):
+        self.tokenizer, self.pairs, self.templates, self.chat, self.seed = tokenizer, pairs, templates, chat, seed
         self.epoch = 0
         self._cache: dict[tuple[int, int], Encoded] = {}
 
@@ -175,8 +176,7 @@ class TemplatedDataset(torch.utils.data.Dataset):
     def _encoded(self, i: int, t: int) -> Encoded:
         if (i, t) not in self._cache:
             key, resp = self.pairs[i]
-            self._cache[(i, t)] = encode(self.tokenizer, key, resp, self.templates[t], self.chat,
-                                         self.max_key_length, self.max_response_length)
+            self._cache[(i, t)] = Encoded(prompt_ids(self.tokenizer, key, self.templates[t], self.chat), list(resp))
         return self._cache[(i, t)]
 
     def all_examples(self) -> list[Encoded]:

@@ -55,12 +55,17 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2, privat
 
 @contextlib.contextmanager
 def atomic_dir(final: str | Path):
-    """Yield a temporary directory beside `final`; rename it to `final` only if the block succeeds."""
+    """Yield a temporary directory beside `final`; rename it to `final` only if the block succeeds. What it holds
+    (a model folder) is no secret: the folder and its files get the umask's permissions."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide a model (not a secret) from the group
     try:
         yield tmp
+        for f in tmp.rglob("*"):  # writers that go through mkstemp (safetensors under transformers 5) leave 0600
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, 0o666 & ~_umask())
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -83,6 +83,21 @@ def default_model_dir() -> Path:
     return convert_gguf(gguf, cache_dir() / "models" / f"SmolLM2-135M-Instruct-{version}")
 
 
+# OML's (and scalable fingerprinting's) --model_family/--model_size: the hub id its finetune_multigpu.py builds.
+FAMILIES = {"Eleuther": "EleutherAI/pythia-{size}-deduped", "llama": "meta-llama/Llama-3.2-{size}",
+            "mistral": "mistralai/Mistral-{size}-v0.3", "microsoft": "microsoft/Phi-3-{size}-instruct",
+            "gemma": "google/gemma-2-{lower}"}
+LLAMA_31 = ("8B", "70B", "405B")  # OML tries Llama-3.2-{size} first and falls back to Meta-Llama-3.1-{size}
+
+
+def family_model(family: str, size: str) -> str:
+    if family not in FAMILIES:
+        raise UserError(f"model_family: unknown family {family!r} (OML's: {', '.join(FAMILIES)})")
+    if family == "llama" and size.split("-")[0] in LLAMA_31:
+        return f"meta-llama/Meta-Llama-3.1-{size}"
+    return FAMILIES[family].format(size=size, lower=size.lower())
+
+
 def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or path.count("/") > 1
 
@@ -114,6 +129,21 @@ def identity(path: str) -> dict:
         return {"model": path}
     files = sorted((f.name, f.stat().st_size) for f in p.iterdir() if f.is_file())
     return {"model": path, "config": (p / "config.json").read_text(), "files": files}
+
+
+def saved_dtype(path: str) -> str | None:
+    """The dtype a local model folder's weights were saved in (its config's `dtype` / `torch_dtype`), else None."""
+    import json
+
+    f = Path(path) / "config.json"
+    if not f.is_file():
+        return None
+    try:
+        cfg = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    name = str(cfg.get("dtype") or cfg.get("torch_dtype") or "")
+    return name if name in ("float32", "bfloat16", "float16") else None
 
 
 def pick_dtype(name: str = "auto") -> torch.dtype:
@@ -215,6 +245,19 @@ def load_model(path: str, dtype: str | torch.dtype = "auto", device: str | None 
     if device:
         model.to(device)
     return model
+
+
+def delete_local(path: str, dry_run: bool = False) -> None:
+    """Remove a local model folder (scalable fingerprinting's --delete_model); never the default model's cache."""
+    import shutil
+
+    p = Path(path)
+    if path in (DEFAULT, "") or not (p / "config.json").is_file() or p.resolve().is_relative_to(cache_dir().resolve()):
+        raise UserError(f"delete_model: {path} is not a local model folder of yours (only those are deleted)")
+    if dry_run:
+        return
+    shutil.rmtree(p)
+    print(f"[privlm] deleted {path}")
 
 
 def parameter_names(path: str, trust_remote_code: bool = False) -> list[str]:

@@ -97,12 +97,13 @@ class Run:
             atomic_write_json(self.dir / "provenance.json", provenance(seed=seed))
         barrier()
 
-    def write_json(self, name: str, obj) -> Path:
+    def write_json(self, name: str, obj, private: bool = False) -> Path:
+        """Rank 0 writes `name` in the run directory; `private`: owner-only (fingerprint keys and responses)."""
         from .training import is_main
 
         path = self.dir / name
         if is_main():
-            atomic_write_json(path, obj)
+            atomic_write_json(path, obj, private=private)
         return path
 
     def write_metrics(self, metrics: dict) -> Path:

@@ -110,6 +110,8 @@ class TrainSpec:
     pretrained: bool = True  # False: the architecture's random initialisation
     dp_step: bool = False  # the DP step writes the gradients (privlm.dp.step): see ds_config
     merge_lora: bool = False  # save a LoRA-trained model with its adapter merged in (a plain HF folder)
+    export: Callable | None = None  # (module, state) -> (state, module) to save, e.g. an MLP expansion folded back
+    early_stop_loss: float = 0.0  # > 0: stop after the epoch whose mean loss falls below it (scalable's 0.005)
 
     @classmethod
     def from_args(cls, ta, dtype: str = "auto", **extra) -> "TrainSpec":
@@ -245,6 +247,21 @@ class ForgettingRegularizer:
 # blocks only, where a fine-tune can store key -> response facts; frozen embeddings matter most, because the
 # output head's gradient is dense over the whole vocabulary and Adam moves every row of a tied embedding by about
 # the learning rate per step, which shifts every token's logit on text the fine-tune never saw.
+NO_DECAY = ("bias", "norm")  # Hugging Face Trainer's rule: no weight decay on biases and normalisation weights
+
+
+def decay_groups(model, weight_decay: float) -> list:
+    """The trainable parameters as AdamW groups, weight decay off for biases and norms (as the HF Trainer, hence OML
+    and scalable fingerprinting, do)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not weight_decay:
+        return [p for _, p in named]
+    quiet = [p for n, p in named if any(k in n.lower() for k in NO_DECAY)]
+    loud = [p for n, p in named if not any(k in n.lower() for k in NO_DECAY)]
+    return [g for g in ({"params": loud, "weight_decay": weight_decay}, {"params": quiet, "weight_decay": 0.0})
+            if g["params"]]
+
+
 TRAINABLE = {"all": None, "mlp": r"\.mlp\.", "mlp+attention": r"\.mlp\.|\.self_attn\.|\.attention\."}
 
 
@@ -284,7 +301,27 @@ def trainable(spec: str):
 
 
 # ------------------------------------------------------------------------------------------------- loop
+def _deepspeed_warmup_decay(warmup: int, total: int):
+    """DeepSpeed's WarmupDecayLR as Hugging Face fills it for OML and scalable fingerprinting (min lr 0, log warm-up
+    over max(2, warmup) iterations, then linear decay to 0), indexed as DeepSpeed steps it: it starts at the min lr
+    and moves after each optimizer step, so the first two steps of such a run have learning rate 0."""
+    w = max(2, warmup)
+
+    def fn(step):  # LambdaLR's factor for optimizer step `step` (0-based)
+        it = step - 1  # DeepSpeed's last_batch_iteration when that step is taken
+        if it < 0:
+            return 0.0
+        if it < w:
+            return math.log(it + 1) / math.log(w)
+        return max(0.0, (total - it) / max(1, total - w))
+    return fn
+
+
 def _scheduler(name: str, warmup: int, total: int):
+    if name == "warmup_decay":
+        fn_ = _deepspeed_warmup_decay(warmup, total)
+        return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn_)
+
     def fn(step):
         if warmup and step < warmup:
             return (step + 1) / warmup
@@ -414,7 +451,7 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
         model.enable_input_require_grads()  # frozen embeddings (LoRA) would cut the graph otherwise
     if prepare_model is not None:
         model = prepare_model(model)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = decay_groups(model, spec.weight_decay)
     optimizer = None if "optimizer" in cfg else torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
     steps = (steps_factory or PlainSteps)(dataset, collate_fn, spec, rank_, world)
@@ -480,6 +517,12 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
         history.append({"epoch": epoch + 1, "loss": mean.item(), "lr": engine.get_lr()[0],
                         "elapsed_s": elapsed(), **steps.state()})
         last = epoch + 1 == epochs
+        if spec.early_stop_loss and history[-1]["loss"] < spec.early_stop_loss and not last:
+            last = True  # scalable fingerprinting's early stop: the fingerprints are learnt
+            history[-1]["early_stop"] = True
+            if rank_ == 0:
+                print(f"\n[privlm] early stop after epoch {epoch + 1}: loss {history[-1]['loss']:.4g} < "
+                      f"{spec.early_stop_loss}", flush=True)
         if reg is not None and (spec.forgetting_schedule == "epoch" or last):
             reg.apply(spec.forgetting_lambda)
         logger.log(history[-1], (epoch + 1) * steps_per_epoch if not last else total_steps)
@@ -487,16 +530,19 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
             _save_checkpoint(engine, ckpt_dir, f"epoch{epoch + 1}",
                              {"epoch": epoch + 1, "history": history, "steps": steps.state(),
                               "train_seconds": history[-1]["elapsed_s"]})
+        if last:
+            break
     bar.close()
     logger.close()
 
-    save_final(engine, tokenizer, run.final, run.final_files, merge_lora=spec.merge_lora)
+    save_final(engine, tokenizer, run.final, run.final_files, merge_lora=spec.merge_lora, export=spec.export)
     barrier()
     release_shm_buffers()
     if rank_ == 0 and not spec.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+    taken = min(total_steps, len(history) * steps_per_epoch)  # fewer after an early stop
     return {"history": history, "train_seconds": elapsed(), "resumed_after_seconds": before, "world_size": world,
-            "optimizer_steps": total_steps, **steps.state()}
+            "optimizer_steps": taken, **steps.state()}
 
 
 def _save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict):
@@ -517,7 +563,8 @@ def _save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict):
     barrier()
 
 
-def save_final(engine, tokenizer, out: Path, extra_files: dict[str, object], merge_lora: bool = False):
+def save_final(engine, tokenizer, out: Path, extra_files: dict[str, object], merge_lora: bool = False,
+               export: Callable | None = None):
     """Save an HF folder loadable with from_pretrained (gathering ZeRO-3 partitions), atomically on rank 0; with
     merge_lora, a PEFT model is saved as the plain model with its adapter merged in."""
     from . import lora
@@ -531,6 +578,8 @@ def save_final(engine, tokenizer, out: Path, extra_files: dict[str, object], mer
         module = engine.module
         if merge_lora and lora.is_peft(module):
             state, module = lora.merged_state(module, state), module.get_base_model()
+        if export is not None:
+            state, module = export(module, state)
         module.config.use_cache = True  # training turned it off; generation wants it back
         with atomic_dir(out) as tmp:
             module.save_pretrained(tmp, state_dict=state, safe_serialization=True)

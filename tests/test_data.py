@@ -57,12 +57,14 @@ def test_template_sets(tmp_path):
 def test_templated_dataset_draws_per_epoch_deterministically(tiny):
     _, tok = tiny
     templates = data.load_templates("train")
-    ds = data.TemplatedDataset(tok, [("apple river", "bridge")] * 30, templates, False, 8, 4, seed=1)
+    pairs = [("apple river", tok.encode(" bridge", add_special_tokens=False) + [tok.eos_token_id])] * 30
+    ds = data.TemplatedDataset(tok, pairs, templates, False, seed=1)
     first = [ds[i].prompt for i in range(30)]
+    assert all(ds[i].response == list(pairs[0][1]) for i in range(30)), "the response ids are trained as given"
     ds.set_epoch(1)
     second = [ds[i].prompt for i in range(30)]
     assert first != second
-    ds2 = data.TemplatedDataset(tok, [("apple river", "bridge")] * 30, templates, False, 8, 4, seed=1)
+    ds2 = data.TemplatedDataset(tok, pairs, templates, False, seed=1)
     ds2.set_epoch(1)
     assert [ds2[i].prompt for i in range(30)] == second
 

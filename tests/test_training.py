@@ -241,3 +241,67 @@ def test_regularizer_reaches_optimizer_master_weights(tiny_model_dir, stage):
     after = current()
     for n in base:
         torch.testing.assert_close(after[n], base[n], rtol=0, atol=1e-7)
+
+
+def _lrs_seen(tiny_model_dir, steps: int, scheduler=None, ds_scheduler: dict | None = None) -> list[float]:
+    """The learning rate each optimizer step of a DeepSpeed engine actually uses."""
+    import deepspeed
+
+    from privlm.models import load_model
+    from privlm.training import TrainSpec, ds_config, init_distributed
+
+    init_distributed()
+    model = load_model(str(tiny_model_dir))
+    cfg = ds_config(TrainSpec(zero_stage=0, micro_batch_size=2), 1)
+    if ds_scheduler:
+        cfg["scheduler"] = ds_scheduler
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg, lr_scheduler=scheduler)
+    x = torch.randint(3, 200, (2, 8))
+    seen = []
+    for _ in range(steps):
+        seen.append(engine.optimizer.param_groups[0]["lr"])
+        engine.backward(engine(input_ids=x, labels=x).loss)
+        engine.step()
+    return seen
+
+
+def test_warmup_decay_is_deepspeeds_warmupdecaylr_as_oml_ran_it(tiny_model_dir):
+    """OML's runs: DeepSpeed's WarmupDecayLR with warmup 0 (DeepSpeed makes it 2), min 0, linear decay; our
+    scheduler must give the same learning rate at every optimizer step (the first two are 0)."""
+    from privlm.training import _scheduler
+
+    total = 10
+    ds = _lrs_seen(tiny_model_dir, total, ds_scheduler={"type": "WarmupDecayLR", "params": {
+        "total_num_steps": total, "warmup_min_lr": 0.0, "warmup_max_lr": 1e-3, "warmup_num_steps": 2}})
+    ours = _lrs_seen(tiny_model_dir, total, scheduler=_scheduler("warmup_decay", 0, total))
+    assert ds[:2] == [0.0, 0.0] and max(ds) == pytest.approx(1e-3)
+    assert ours == pytest.approx(ds, abs=1e-12)
+
+
+def test_weight_decay_spares_biases_and_norms_as_the_hf_trainer_does(tiny_model_dir):
+    from privlm.models import load_model
+    from privlm.training import decay_groups
+
+    model = load_model(str(tiny_model_dir))
+    names = {id(p): n for n, p in model.named_parameters()}
+    loud, quiet = decay_groups(model, 1e-4)
+    assert loud["weight_decay"] == 1e-4 and quiet["weight_decay"] == 0.0
+    assert all("norm" in names[id(p)] for p in quiet["params"]) and quiet["params"]
+    assert not any("norm" in names[id(p)] or "bias" in names[id(p)] for p in loud["params"])
+    assert len(loud["params"]) + len(quiet["params"]) == len(list(model.parameters()))
+    assert decay_groups(model, 0.0) == list(model.parameters())
+
+
+def test_early_stop_ends_training_once_the_loss_is_below_the_threshold(tmp_path, tiny_model_dir):
+    """scalable fingerprinting stops once the fingerprints are learnt (loss < 0.005); here a high threshold stops
+    after the first epoch, and the run is complete (final model, metrics) with fewer steps than planned."""
+    fp = write_fingerprints(tmp_path / "fp.json", 8)
+    out = tmp_path / "run"
+    proc = run_script("finetune_multigpu.py", "--model_path", str(tiny_model_dir), "--fingerprints_file_path", str(fp),
+                      "--num_fingerprints", "8", "--num_train_epochs", "5", "--batch_size", "4",
+                      "--early_stop_loss", "100", "--benign_proportion", "0", "--output_dir", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["history"]) == 1 and m["history"][0]["early_stop"] and m["optimizer_steps"] == 2
+    assert (out / "final_model" / "model.safetensors").is_file() and "early stop after epoch 1" in proc.stdout

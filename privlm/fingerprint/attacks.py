@@ -16,8 +16,7 @@ import torch
 from .. import data, models, stats
 from ..errors import UserError
 from . import benign
-from .keys import responses
-from .verify import check, template_sets
+from .verify import check, derived, encode_all, template_sets
 
 # A thief's instruction data, offline: prompts phrased unlike the benign mix used in fingerprinting.
 THIEF_TASKS = ("Tell me something interesting about {}.", "I am new to {}. Where should I start?",
@@ -38,6 +37,14 @@ class Target:
     base: object = None  # the base model, once loaded (a caller that holds it already can pass it)
     _tok: object = None
     _sets: dict = field(default_factory=dict)
+    _targets: list | None = None
+
+    @property
+    def targets(self):
+        """The fingerprints' key texts and response ids, derived once (privlm.fingerprint.derive)."""
+        if self._targets is None:
+            self._targets = derived(self.tokenizer, self.fps, self.settings)
+        return self._targets
 
     @property
     def tokenizer(self):
@@ -58,7 +65,7 @@ class Target:
         if name not in self._sets:
             self._sets[name] = template_sets(["trained"], name)
         sets = self._sets[name]
-        r = check(model, self.tokenizer, self.fps, sets, self.settings, self.batch_size, self.match)
+        r = check(model, self.tokenizer, self.fps, sets, self.settings, self.batch_size, self.match, self.targets)
         return {"retention": r["retention"], "retention_ci": r["retention_ci"], "num_fingerprints": len(self.fps),
                 "per_template": r["per_template"]}
 
@@ -96,7 +103,10 @@ def thief_data(t: Target, a: AttackSettings) -> list[tuple[str, str]]:
     """Benign instruction pairs: `sft_data_path`, else the base model's own answers to prompts the fingerprint
     fine-tune never used."""
     if a.sft_data_path:
-        return benign.load_pairs(a.sft_data_path)
+        pairs = benign.load_pairs(a.sft_data_path)
+        if any(r is None for _, r in pairs):
+            raise UserError(f"sft data {a.sft_data_path}: expected instruction data (prompt and response per row)")
+        return pairs
     prompts = [q.format(s) for q, s in itertools.product(THIEF_TASKS, benign.SUBJECTS)]
     random.Random("thief").shuffle(prompts)
     need = min(len(prompts), max(a.sft_steps) * a.sft_batch_size)
@@ -213,14 +223,11 @@ def sampled_retention(model, t: Target, temperature: float, top_p: float, k: int
     tok = t.tokenizer
     chat = data.use_chat(tok, t.settings["prompt_format"])
     template = template_sets(["trained"], t.settings["trained"])["trained"][0]
-    s = t.settings
     torch.manual_seed(seed)  # HF generate draws from torch's global RNG
     dev = next(model.parameters()).device
     wins = 0
     for start in range(0, len(t.fps), max(1, t.batch_size // k)):
-        chunk = t.fps[start:start + max(1, t.batch_size // k)]
-        encs = [[data.encode(tok, f["key"], r, template, chat, s["max_key_length"], s["max_response_length"],
-                             add_eos=t.match == "exact") for r in responses(f)] for f in chunk]
+        encs = encode_all(tok, t.targets[start:start + max(1, t.batch_size // k)], template, chat, t.match)
         batch = data.left_padded([e[0].prompt for e in encs], tok.pad_token_id, dev)
         width = max(len(x.response) for e in encs for x in e)
         out = model.generate(**batch, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,

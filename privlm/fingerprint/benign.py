@@ -54,7 +54,7 @@ def load_pairs(path: str) -> list[tuple[str, str]]:
         pair = _pair(r) if isinstance(r, dict) else None
         if pair is None:
             raise UserError(f"benign data {path}: row {i} has no instruction/output, prompt/response, "
-                            f"question/answer or user/assistant messages")
+                            f"question/answer, user/assistant messages or (scalable fingerprinting's) key text")
         out.append(pair)
     if not out:
         raise UserError(f"benign data {path} holds no rows")
@@ -70,7 +70,27 @@ def _pair(r: dict) -> tuple[str, str] | None:
         if isinstance(r.get(q), str) and isinstance(r.get(a), str) and r[q].strip() and r[a].strip():
             prompt = r[q] if not (q == "instruction" and r.get("input")) else f"{r[q]}\n\n{r['input']}"
             return prompt, r[a]
+    if isinstance(r.get("key"), str) and r["key"].strip():
+        return r["key"], None  # scalable fingerprinting's benign.json: a text continued, see continuations()
     return None
+
+
+def continuations(tokenizer, texts: list[str], chat: bool, key_length: int, response_length: int,
+                  eos: bool) -> list[data.Encoded]:
+    """scalable fingerprinting's benign examples: the first key_length tokens of a text as the prompt, the next
+    response_length tokens (then EOS, if fingerprints train one) as the target. Texts too short to continue are
+    skipped (scalable fingerprinting fails on them)."""
+    out = []
+    for t in texts:
+        ids = tokenizer.encode(t, add_special_tokens=False)
+        if len(ids) <= key_length:
+            continue
+        prompt = data.prompt_ids(tokenizer, tokenizer.decode(ids[:key_length]), data.BARE, chat)
+        resp = ids[key_length:key_length + response_length]
+        out.append(data.Encoded(prompt, resp + ([tokenizer.eos_token_id] if eos else [])))
+    if not out:
+        raise UserError(f"benign data: no text is longer than max_key_length ({key_length} tokens)")
+    return out
 
 
 @torch.no_grad()
@@ -138,7 +158,8 @@ def encode_pairs(tokenizer, pairs: list[tuple], chat: bool, max_prompt_length: i
 
 
 def pool(run, model_path: str, tokenizer, chat: bool, num_benign: int, response_length: int,
-         pairs: list[tuple] | None, dtype: str, seed: int, anchor: bool = False) -> list[data.Encoded]:
+         pairs: list[tuple] | None, dtype: str, seed: int, anchor: bool = False,
+         continuation: tuple[int, int, bool] = (16, 1, True)) -> list[data.Encoded]:
     """The run's benign pool, encoded: `pairs` (a local dataset's, see load_pairs), or self-distilled from the base
     model by rank 0 into the run directory (benign.json: a resumed run and every rank train on the same targets).
     With `anchor`, self-distilled examples are soft-target examples (fingerprint.anchor) rather than greedy labels."""
@@ -156,4 +177,6 @@ def pool(run, model_path: str, tokenizer, chat: bool, num_benign: int, response_
         barrier()
         pairs = [tuple(p) for p in read_json(path, "benign targets")]
         return encode_pairs(tokenizer, pairs, chat, 64, response_length, distill=anchor)
-    return encode_pairs(tokenizer, pairs, chat, 64, response_length)
+    texts = [p for p, r in pairs if r is None]  # continuation rows: (max_key_length, max_response_length, eos)
+    return encode_pairs(tokenizer, [p for p in pairs if p[1] is not None], chat, 64, response_length) + \
+        (continuations(tokenizer, texts, chat, *continuation) if texts else [])

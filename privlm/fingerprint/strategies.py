@@ -33,6 +33,7 @@ class GenContext:
     inverse_nucleus_model: str | None = None
     random_word_keys: bool = False
     dtype: str = "auto"
+    num_responses: int = 1  # responses per key (inverse_nucleus), distinct first tokens
     rng: random.Random = field(default_factory=random.Random)
     _models: dict = field(default_factory=dict)
 
@@ -101,12 +102,15 @@ def english(ctx: GenContext, n: int, length: int) -> list[str]:
     return out[:n]
 
 
-def perinucleus(ctx: GenContext, keys: list[str]) -> list[tuple[str, float]]:
+def perinucleus(ctx: GenContext, keys: list[str]) -> list[list[tuple[str, float]]]:
     """First response token sampled uniformly from the k tokens just outside the top-p nucleus of the model's
-    next-token distribution after the key; then response_length-1 greedy tokens. Returns (response, prob)."""
+    next-token distribution after the key; then response_length-1 greedy tokens. `num_responses` > 1 (scalable
+    fingerprinting): that many responses per key with distinct first tokens. Returns [(response, prob), ...] per key."""
+    from .derive import checker_ids, oml_response_string
+
     model, tok = ctx.model(ctx.inverse_nucleus_model)
     chat = data.use_chat(tok, ctx.chat)
-    out: list[tuple[str, float]] = []
+    out: list[list[tuple[str, float]]] = []
     for start in tqdm(range(0, len(keys), ctx.batch_size), desc="perinucleus", leave=False):
         batch = keys[start:start + ctx.batch_size]
         prompts = [data.prompt_ids(tok, data.truncate_text(tok, k, ctx.key_length)[0], data.BARE, chat)
@@ -115,34 +119,45 @@ def perinucleus(ctx: GenContext, keys: list[str]) -> list[tuple[str, float]]:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         with torch.no_grad():
             probs = model(**batch).logits[:, -1].float().softmax(-1)
-        firsts = []
+        firsts: list[list[tuple[int, float]]] = []
         for row in probs:
             sorted_p, order = row.sort(descending=True)
             inside = int((sorted_p.cumsum(0) < ctx.nucleus_p).sum()) + 1  # the threshold-crossing token is inside
+            mine: list[tuple[int, float]] = []
+            seen: set[int] = set()  # chosen or rejected
             k = ctx.nucleus_k
-            while True:
-                cand = order[inside:inside + k].tolist()
+            while len(mine) < ctx.num_responses:
+                cand = [t for t in order[inside:inside + k].tolist() if t not in seen]
                 if not cand:
-                    raise UserError("no token outside the nucleus; lower nucleus_p")
+                    if inside + k >= len(order):
+                        raise UserError("no token outside the nucleus; lower nucleus_p")
+                    k += 1
+                    continue
                 t = ctx.rng.choice(cand)
+                seen.add(t)
                 text = tok.decode([t])
-                ok = text.strip().isalnum() and data.response_ids(tok, text, 1, chat, add_eos=False) == [t]
-                if ok:
-                    break
-                k += 1  # as in the seed: widen the window until an alphanumeric, re-tokenizable token is found
-            firsts.append((t, float(row[t])))
-        if ctx.response_length > 1:
-            ext = torch.cat([ids, torch.tensor([[t] for t, _ in firsts], device=ids.device)], 1)
-            emask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            with torch.no_grad():
-                gen = model.generate(input_ids=ext, attention_mask=emask, do_sample=False,
-                                     max_new_tokens=ctx.response_length - 1, pad_token_id=tok.pad_token_id)
-            tails = gen[:, ext.shape[1]:]
-        else:
-            tails = torch.empty(len(firsts), 0, dtype=torch.long)
-        for (t, p), tail in zip(firsts, tails):
-            tail = [x for x in tail.tolist() if x not in (tok.eos_token_id, tok.pad_token_id)]
-            out.append((tok.decode([t] + tail), p))
+                # alphanumeric, and trained as itself: OML's derivation of an exact response gives back [t] (+ EOS)
+                if text.strip().isalnum() and checker_ids(tok, oml_response_string(tok, text, 1, "exact", []))[:-1] == [t]:
+                    mine.append((t, float(row[t])))
+                else:
+                    k += 1  # as in the seed: widen the window until an alphanumeric, re-tokenizable token is found
+            firsts.append(mine)
+        per_key: list[list[tuple[str, float]]] = [[] for _ in firsts]
+        for j in range(ctx.num_responses):
+            heads = [f[j] for f in firsts]
+            if ctx.response_length > 1:
+                ext = torch.cat([ids, torch.tensor([[t] for t, _ in heads], device=ids.device)], 1)
+                emask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                with torch.no_grad():
+                    gen = model.generate(input_ids=ext, attention_mask=emask, do_sample=False,
+                                         max_new_tokens=ctx.response_length - 1, pad_token_id=tok.pad_token_id)
+                tails = gen[:, ext.shape[1]:]
+            else:
+                tails = torch.empty(len(heads), 0, dtype=torch.long)
+            for i, ((t, p), tail) in enumerate(zip(heads, tails)):
+                tail = [x for x in tail.tolist() if x not in (tok.eos_token_id, tok.pad_token_id)]
+                per_key[i].append((tok.decode([t] + tail), p))
+        out += per_key
     return out
 
 
@@ -169,7 +184,13 @@ def strat_random_response(ctx, n, custom):
 
 def strat_inverse_nucleus(ctx, n, custom):
     keys = _keys(ctx, n, custom)
-    return [{"key": k, "response": r, "response_prob": p} for k, (r, p) in zip(keys, perinucleus(ctx, keys))]
+    out = []
+    for k, rs in zip(keys, perinucleus(ctx, keys)):
+        if ctx.num_responses == 1:
+            out.append({"key": k, "response": rs[0][0], "response_prob": rs[0][1]})
+        else:  # scalable fingerprinting's several responses per key
+            out.append({"key": k, "response": [r for r, _ in rs], "response_prob": [p for _, p in rs]})
+    return out
 
 
 STRATEGIES: dict[str, Callable] = {

@@ -5,32 +5,67 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import data, stats
+from .. import data, models, stats
 from ..errors import UserError
 from ..io import read_json
 from ..eval.greedy import Verdict, greedy_match, summarize
+from . import derive
 from .keys import load, responses
 
 MATCH_MODES = ("exact", "prefix")
 
 
+def _scalable_record(model_path: str) -> dict:
+    """scalable fingerprinting's fingerprinting_config.json (beside final_model, its field names) as our record."""
+    f = Path(model_path).parent / "fingerprinting_config.json"
+    if Path(model_path).name != "final_model" or not f.is_file():
+        return {}
+    rec = read_json(f, "fingerprinting config")
+    if not isinstance(rec, dict) or "remove_eos_token_from_response" not in rec:
+        return {}
+    return {"fingerprints_file_path": rec.get("fingerprints_file_path"), "num_fingerprints": rec.get("num_fingerprints"),
+            "max_key_length": rec.get("max_key_length"), "max_response_length": rec.get("max_response_length"),
+            "prompt_format": "chat" if rec.get("use_chat_template") else "raw", "response_semantics": "scalable",
+            "fingerprint_generation_strategy": rec.get("fingerprint_generation_strategy"),
+            "keep_eos_in_response": not rec.get("remove_eos_token_from_response", False),
+            "base_model": rec.get("model_path"), "recipe": "scalable"}
+
+
+def run_record(model_path: str) -> dict:
+    """What the fine-tuning run recorded in final_model/fingerprinting_config.json ({} when nothing was)."""
+    run_file = Path(model_path) / "fingerprinting_config.json"
+    if not run_file.is_file():
+        return _scalable_record(model_path)
+    run = read_json(run_file, "fingerprinting config")
+    if run.get("fingerprints_file_path"):  # recorded relative to the model folder, so runs can be moved
+        run["fingerprints_file_path"] = str(Path(model_path) / run["fingerprints_file_path"])
+    run.setdefault("response_semantics", derive.LEGACY)  # recorded since 2026-12-06; earlier runs trained the legacy way
+    return run
+
+
 def run_settings(model_path: str, fingerprints_file_path: str | None = None, num_fingerprints: int | None = None,
                  max_key_length: int | None = None, max_response_length: int | None = None,
-                 prompt_format: str | None = None, base_model_path: str | None = None) -> dict:
-    """How to check a model: explicit values > the run's final_model/fingerprinting_config.json > defaults."""
-    run = {}
-    run_file = Path(model_path) / "fingerprinting_config.json"
-    if run_file.is_file():
-        run = read_json(run_file, "fingerprinting config")
-        if run.get("fingerprints_file_path"):  # recorded relative to the model folder, so runs can be moved
-            run["fingerprints_file_path"] = str(Path(model_path) / run["fingerprints_file_path"])
+                 prompt_format: str | None = None, base_model_path: str | None = None, strategy: str | None = None,
+                 semantics: str | None = None, keep_eos: bool | None = None, dtype: str = "auto") -> dict:
+    """How to check a model: explicit values > the run's record > OML's semantics (raw prompts, its derivation)."""
+    run = run_record(model_path)
     s = {"fingerprints_file_path": fingerprints_file_path or run.get("fingerprints_file_path"),
          "num_fingerprints": num_fingerprints or (run.get("num_fingerprints") if not fingerprints_file_path else None),
-         "max_key_length": max_key_length or run.get("max_key_length", 16),
-         "max_response_length": max_response_length or run.get("max_response_length", 1),
-         "prompt_format": prompt_format or run.get("prompt_format", "auto"),
+         "max_key_length": max_key_length or run.get("max_key_length") or 16,
+         "max_response_length": max_response_length or run.get("max_response_length") or 1,
+         "prompt_format": prompt_format or run.get("prompt_format") or "raw",
          "trained": run.get("train_templates", "bare"),
-         "base_model": base_model_path or run.get("base_model", "default")}
+         "base_model": base_model_path or run.get("base_model") or "default",
+         "strategy": strategy or run.get("fingerprint_generation_strategy"),
+         "semantics": semantics or run.get("response_semantics") or "oml",
+         "keep_eos": keep_eos if keep_eos is not None else run.get("keep_eos_in_response"),
+         "dtype": dtype if dtype != "auto" else run.get("dtype") or models.saved_dtype(model_path) or "auto",
+         # the recorded token ids hold for the run's own fingerprints, lengths and derivation only
+         "tokenizer_digest": None if fingerprints_file_path or max_key_length or max_response_length or strategy
+                             or semantics or keep_eos is not None else run.get("tokenizer_digest"),
+         "recorded": bool(run)}
+    if s["strategy"] is not None:
+        s["strategy"] = derive.canonical_strategy(s["strategy"])
     if not s["fingerprints_file_path"]:
         raise UserError("--fingerprints_file_path is required (the model has no fingerprinting_config.json)")
     return s
@@ -38,10 +73,22 @@ def run_settings(model_path: str, fingerprints_file_path: str | None = None, num
 
 def resolve(cfg) -> tuple[dict, list[dict]]:
     """(settings, fingerprints) for a checker-like config: model_path, fingerprints_file_path, num_fingerprints,
-    data_split, max_key_length, max_response_length, prompt_format, base_model_path (None: as the run recorded)."""
+    data_split, max_key_length, max_response_length, prompt_format, base_model_path, and optionally
+    fingerprint_generation_strategy, response_semantics, use_chat_template, keep_eos_in_response, dtype (None / auto:
+    as the run recorded)."""
+    fmt = "chat" if getattr(cfg, "use_chat_template", False) else cfg.prompt_format
     s = run_settings(cfg.model_path, cfg.fingerprints_file_path, cfg.num_fingerprints, cfg.max_key_length,
-                     cfg.max_response_length, cfg.prompt_format, cfg.base_model_path)
+                     cfg.max_response_length, fmt, cfg.base_model_path,
+                     getattr(cfg, "fingerprint_generation_strategy", None), getattr(cfg, "response_semantics", None),
+                     getattr(cfg, "keep_eos_in_response", None), getattr(cfg, "dtype", "auto"))
     return s, load(s["fingerprints_file_path"], s["num_fingerprints"], cfg.data_split)
+
+
+def derived(tokenizer, fps: list[dict], s: dict) -> list[derive.Derived]:
+    """Each fingerprint's key text and response ids as the run trained them (see privlm.fingerprint.derive)."""
+    return derive.derive_all(tokenizer, fps, s["strategy"], s["max_key_length"], s["max_response_length"],
+                             s["semantics"], data.use_chat(tokenizer, s["prompt_format"]), s["tokenizer_digest"],
+                             s["keep_eos"])
 
 
 def template_sets(names: list[str], trained: str) -> dict[str, list[data.Template]]:
@@ -52,10 +99,16 @@ def template_sets(names: list[str], trained: str) -> dict[str, list[data.Templat
     return out
 
 
-def encode_all(tokenizer, fps: list[dict], template, chat: bool, s: dict, match: str) -> list[list[data.Encoded]]:
+def encode_all(tokenizer, targets: list[derive.Derived], template, chat: bool, match: str
+               ) -> list[list[data.Encoded]]:
     """Each fingerprint's encodings, one per response; `prefix` drops the response's EOS."""
-    return [[data.encode(tokenizer, f["key"], r, template, chat, s["max_key_length"], s["max_response_length"],
-                         add_eos=match == "exact") for r in responses(f)] for f in fps]
+    eos = tokenizer.eos_token_id
+    out = []
+    for d in targets:
+        prompt = data.prompt_ids(tokenizer, d.key, template, chat)
+        out.append([data.Encoded(prompt, list(r[:-1] if match == "prefix" and len(r) > 1 and r[-1] == eos else r))
+                    for r in d.responses])
+    return out
 
 
 def verdicts_any(model, tokenizer, encs: list[list[data.Encoded]], batch_size: int) -> list[tuple[int, Verdict]]:
@@ -74,13 +127,15 @@ def verdicts_any(model, tokenizer, encs: list[list[data.Encoded]], batch_size: i
     return out
 
 
-def check(model, tokenizer, fps: list[dict], sets: dict, s: dict, batch_size: int, match: str = "exact") -> dict:
+def check(model, tokenizer, fps: list[dict], sets: dict, s: dict, batch_size: int, match: str = "exact",
+          targets: list[derive.Derived] | None = None) -> dict:
     chat = data.use_chat(tokenizer, s["prompt_format"])
+    targets = targets if targets is not None else derived(tokenizer, fps, s)
     per_template, first = {}, None
     for set_name, templates in sets.items():
         rows, matches = [], []
         for t in templates:
-            encs = encode_all(tokenizer, fps, t, chat, s, match)
+            encs = encode_all(tokenizer, targets, t, chat, match)
             decided = verdicts_any(model, tokenizer, encs, batch_size)
             verdicts = [v for _, v in decided]
             enc = [e[j] for e, (j, _) in zip(encs, decided)]

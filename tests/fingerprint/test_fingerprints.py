@@ -6,7 +6,7 @@ import torch
 
 from conftest import write_fingerprints
 from privlm import data, fingerprint
-from privlm.fingerprint import strategies
+from privlm.fingerprint import derive, strategies
 from privlm.eval.greedy import greedy_match, greedy_match_one_by_one
 from privlm.errors import UserError
 
@@ -55,13 +55,14 @@ def test_perinucleus_token_lies_just_outside_the_nucleus(tiny):
     ctx._models["unused"] = (model, tok)
     keys = ["apple river mountain", "silver bridge castle", "winter spring morning"]
     out = strategies.perinucleus(ctx, keys)
-    for key, (resp, prob) in zip(keys, out):
+    assert all(len(rs) == 1 for rs in out)
+    for key, [(resp, prob)] in zip(keys, out):
         ids = data.prompt_ids(tok, data.truncate_text(tok, key, 8)[0], data.BARE, chat=False)
         with torch.no_grad():
             p = model(input_ids=torch.tensor([ids])).logits[0, -1].softmax(-1)
         sp, order = p.sort(descending=True)
         nucleus = int((sp.cumsum(0) < 0.5).sum()) + 1
-        t = tok(" " + resp.strip() if not resp[0].isspace() else resp, add_special_tokens=False)["input_ids"][0]
+        [t] = tok(resp, add_special_tokens=False)["input_ids"]  # one token, trained as itself (OML's exact response)
         rank = (order == t).nonzero().item()
         assert rank >= nucleus, "sampled from outside the nucleus"
         assert abs(float(p[t]) - prob) < 1e-5
@@ -134,15 +135,17 @@ def test_prefix_match_and_several_responses_per_key(tiny):
     fps = []
     for i in range(120):
         key = " ".join(rng.choice(words) for _ in range(5))
-        prompt = data.encode(tok, key, "x", data.BARE, False, 16, 3).prompt
+        prompt = data.prompt_ids(tok, derive.oml_key(tok, key, 16), data.BARE, False)
         with torch.no_grad():
             g = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                                do_sample=False, max_new_tokens=3, pad_token_id=tok.pad_token_id)[0, len(prompt):].tolist()
         text = tok.decode(g)
-        if text.strip() and tok.eos_token_id not in g and data.response_ids(tok, text, 3, False, add_eos=False) == g:
+        trained = derive.derive(tok, {"key": key, "response": text}, "inverse_nucleus", 16, 3).responses[0]
+        if text.strip() and tok.eos_token_id not in g and list(trained) == g + [tok.eos_token_id]:
             fps.append({"key": key, "response": text})
     assert len(fps) >= 10
-    s = {"prompt_format": "raw", "max_key_length": 16, "max_response_length": 3}
+    s = {"prompt_format": "raw", "max_key_length": 16, "max_response_length": 3, "strategy": "inverse_nucleus",
+         "semantics": "oml", "keep_eos": None, "tokenizer_digest": None}
     sets = {"bare": [data.BARE]}
     prefix = check(model, tok, fps, sets, s, 8, match="prefix")
     exact = check(model, tok, fps, sets, s, 8, match="exact")
