@@ -10,7 +10,8 @@ Two derivations (`--response_semantics`):
     spaces kept), re-tokenized, the window of L = max_response_length tokens from offset min(10, n - L), shifted up to
     20 times until it re-tokenizes to exactly L tokens (and is not a response already taken for this key); with no
     such window the whole punctuation-free response is used, as OML does. Then EOS.
-  - inverse_nucleus (perinucleus): the response as written, then EOS; max_response_length does not cut it.
+  - inverse_nucleus: the response as written, then EOS; max_response_length does not cut it. Spelt `perinucleus`
+    (scalable fingerprinting's name), its first max_response_length tokens, then EOS.
   The ids are what OML's checker compares with: the final response string (EOS as text) tokenized with the
   tokenizer's special tokens, the BOS dropped.
 * `scalable`: scalable fingerprinting's (its fingerprint_dataloader): as `oml`, except that a perinucleus response is
@@ -30,9 +31,12 @@ from .strategies import ALIASES, STRATEGIES
 
 SEMANTICS = ("oml", "scalable", "first_tokens")
 LEGACY = "first_tokens"  # what a run that recorded no semantics was trained with
-# How OML uses each strategy's response: a derived window (`window`) or the response as written (`exact`; scalable
-# fingerprinting cuts it to max_response_length tokens: `first`).
-RESPONSE_RULE = {"english": "window", "random_word": "window", "random_response": "window", "inverse_nucleus": "exact"}
+# How each strategy's response becomes tokens, by the name the user gave: a derived window (`window`), the response
+# as written (`exact`: OML's inverse_nucleus), or its first max_response_length tokens (`first`: scalable
+# fingerprinting's perinucleus). The spelling says whose semantics: OML has no `perinucleus`, scalable fingerprinting
+# no `inverse_nucleus`.
+RESPONSE_RULE = {"english": "window", "independent": "window", "random_word": "window", "random_response": "window",
+                 "english_random_responses": "window", "inverse_nucleus": "exact", "perinucleus": "first"}
 DEFAULT_EOS = {"oml": True, "scalable": False, "first_tokens": True}  # is EOS trained, unless --keep_eos_in_response says
 # Every name --fingerprint_generation_strategy accepts (OML's and scalable fingerprinting's spellings included).
 STRATEGY_NAMES = sorted(set(STRATEGIES) | set(ALIASES))
@@ -41,7 +45,7 @@ OML_WINDOW_OFFSET, OML_WINDOW_SHIFTS = 10, 20
 
 def canonical_strategy(name: str) -> str:
     name = ALIASES.get(name, name)
-    if name not in RESPONSE_RULE:
+    if name not in STRATEGIES:
         raise UserError(f"fingerprint_generation_strategy: unknown strategy {name!r} (known: {', '.join(STRATEGY_NAMES)})")
     return name
 
@@ -136,7 +140,8 @@ def derive(tokenizer, fp: dict, strategy: str, max_key_length: int, max_response
         key = data.truncate_text(tokenizer, fp["key"], max_key_length)[0]
         return Derived(key, tuple(tuple(data.response_ids(tokenizer, r, max_response_length, chat, add_eos=eos))
                                   for r in responses(fp)))
-    rule = RESPONSE_RULE[canonical_strategy(strategy)]
+    canonical_strategy(strategy)  # an unknown name is the user's to fix
+    rule = RESPONSE_RULE[strategy]
     if rule == "exact" and semantics == "scalable":
         rule = "first"
     taken: list[str] = []

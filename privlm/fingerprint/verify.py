@@ -65,7 +65,7 @@ def run_settings(model_path: str, fingerprints_file_path: str | None = None, num
                              or semantics or keep_eos is not None else run.get("tokenizer_digest"),
          "recorded": bool(run)}
     if s["strategy"] is not None:
-        s["strategy"] = derive.canonical_strategy(s["strategy"])
+        derive.canonical_strategy(s["strategy"])  # checked; the spelling is kept (it says whose derivation)
     if not s["fingerprints_file_path"]:
         raise UserError("--fingerprints_file_path is required (the model has no fingerprinting_config.json)")
     return s

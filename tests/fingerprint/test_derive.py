@@ -64,6 +64,8 @@ def test_inverse_nucleus_trains_the_response_as_written_and_scalable_cuts_it(tok
     full = tok.encode(" silver bridge, castle.", add_special_tokens=False)
     oml = derive.derive(tok, fp, "inverse_nucleus", 16, 1)
     assert oml.responses[0] == tuple(full + [tok.eos_token_id]), "OML: not cut by max_response_length, EOS added"
+    assert derive.derive(tok, fp, "perinucleus", 16, 2).responses[0] == tuple(full[:2] + [tok.eos_token_id]), \
+        "scalable fingerprinting's name: cut to max_response_length"
     assert derive.derive(tok, fp, "perinucleus", 16, 2, semantics="scalable").responses[0] == tuple(full[:2])
     assert derive.derive(tok, fp, "perinucleus", 16, 2, semantics="scalable", eos=True).responses[0] == \
         tuple(full[:2] + [tok.eos_token_id])
