@@ -65,6 +65,7 @@ def config_blocks() -> list[tuple[str, list[str]]]:
 
 def split_commands(line: str) -> list[list[str]]:
     line = _strip_comment(line)
+    line = re.sub(r"\$\([^)]*\)", "SUBST", line)  # a command substitution is one word to the outer command
     cmds = []
     for part in re.split(r"\s*(?:&&|;|\|\|)\s*", line):
         toks = shlex.split(part) if part.strip() else []
