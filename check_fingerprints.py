@@ -13,6 +13,13 @@ several responses (`"response": [...]`) counts when any of them is produced. Whi
 comes from the run's record (final_model/fingerprinting_config.json: lengths, prompt format, templates, derivation,
 dtype, fingerprints file) unless given here; without a record, OML's semantics: raw keys, its response derivation.
 Besides the table and JSON it prints OML's line `Fingerprint accuracy: <percent>` (the bare {} template).
+
+    python check_fingerprints.py --model_path SUSPECT --fingerprints_file_path fps.json --ownership \
+        --null_models innocent1 innocent2 --commitment fps.commitment.json
+
+--ownership adds a p-value for "an innocent model matches at least k of these N keys", with the null estimated from
+innocent models (the base model and --null_models; see privlm.fingerprint.ownership) and the false-positive rate
+measured on them; --commitment refuses to report unless the keys checked are exactly the committed set.
 """
 from __future__ import annotations
 
@@ -24,8 +31,9 @@ from pathlib import Path
 from privlm import config as C
 from privlm import data, models, plots, stats
 from privlm.eval import heldout, utility
-from privlm.fingerprint import attacks, derive
-from privlm.fingerprint.verify import MATCH_MODES, check, resolve, template_sets
+from privlm.fingerprint import attacks, commit, derive
+from privlm.fingerprint import ownership as owner
+from privlm.fingerprint.verify import MATCH_MODES, check, derived, encode_all, resolve, template_sets
 from privlm.errors import UserError, cli
 from privlm.io import atomic_write_json
 
@@ -73,6 +81,14 @@ class CheckConfig:
     utility_tasks: list[str] = C.field(default_factory=lambda: ["privlm_sanity"],
                                        help="lm-eval tasks; tinyBenchmarks names when the hub is reachable")
     utility_limit: int | None = C.field(None)
+    ownership: bool = C.field(False, help="test ownership: the p-value that an innocent model matches this many keys, "
+                                          "against the base model and --null_models")
+    null_models: list[str] = C.field(default_factory=list, help="innocent models (never trained on these keys) for "
+                                                                "the ownership null, besides the base model")
+    ownership_alpha: float = C.field(owner.ALPHA, help="a claim needs p below this")
+    commitment: str | None = C.field(None, help="a commitment written by generate_finetuning_data.py "
+                                                "--commitment_file: refuse unless the keys checked are exactly that set")
+    commitment_salt: str | None = C.field(None, help="the commitment's salt file (default: <commitment>.salt.json)")
     output_file: str | None = C.field(None, help="JSON report")
     verbose_eval: bool = C.field(False, help="print every fingerprint's verdict")
 
@@ -82,6 +98,8 @@ class CheckConfig:
              if getattr(self, k) is not None and getattr(self, k) < 1]
         if self.sampling_temperature < 0:
             p.append("sampling_temperature: must be >= 0")
+        if not 0 < self.ownership_alpha < 1:
+            p.append("ownership_alpha: must be in (0, 1)")
         return p
 
 
@@ -119,13 +137,31 @@ def oml_accuracy(model, tokenizer, fps: list[dict], s: dict, report: dict, cfg) 
     return 100.0 * bare["retention"]
 
 
+def null_names(cfg, s: dict) -> list[str]:
+    return ([s["base_model"]] if s["base_model"] else []) + list(cfg.null_models)
+
+
+def own(cfg, s: dict, fps: list[dict], tokenizer, sets: dict, report: dict) -> dict:
+    """The suspect's matches on the first template checked, against innocent models checked the same way."""
+    template = next(iter(sets.values()))[0]
+    encs = encode_all(tokenizer, derived(tokenizer, fps, s), template, data.use_chat(tokenizer, s["prompt_format"]),
+                      cfg.match)
+    evidence = owner.collect(null_names(cfg, s), tokenizer, encs, s["dtype"], cfg.batch_size)
+    return {**owner.assess([f["match"] for f in report["fingerprints"]], evidence, cfg.ownership_alpha),
+            "template": {"system": template.system, "user": template.user}}
+
+
 @cli
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.parse(CheckConfig, argv, __doc__)
     if cfg.use_augmentation_prompts and "prompt_templates" not in cfg.explicit:
         cfg.prompt_templates = ["heldout"]
     s, fps = resolve(cfg)
+    committed = commit.verify(cfg.commitment, fps, cfg.commitment_salt) if cfg.commitment else None
     sets = template_sets(cfg.prompt_templates, s["trained"])
+    if cfg.ownership and not s["base_model"] and not cfg.null_models:
+        raise UserError("--ownership needs innocent models: the run records no base model; pass --base_model_path "
+                        "or --null_models")
     if cfg.delete_model:
         models.delete_local(cfg.model_path, dry_run=True)  # refuse before any work
     if cfg.eval_utility and not Path(cfg.heldout_text).is_file():
@@ -134,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[privlm] --wandb_run_name {cfg.wandb_run_name}: the check is not logged to wandb (see the JSON report)",
               file=sys.stderr)
     tokenizer = models.load_tokenizer(cfg.model_path)
+    for name in null_names(cfg, s) if cfg.ownership else []:  # before any model runs
+        owner.same_tokenizer(name, models.load_tokenizer(name), tokenizer)
     model = models.load_model(cfg.model_path, dtype=s["dtype"], device=models.device()).eval()
     report = check(model, tokenizer, fps, sets, s, cfg.batch_size, cfg.match)
     report["model_path"] = cfg.model_path
@@ -152,6 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
         before["heldout_perplexity"], after["heldout_perplexity"] = shift["heldout_ppl_base"], shift["heldout_ppl_after"]
         report["utility"] = {"base_model": s["base_model"], "base": before, "fingerprinted": after,
                              "heldout": {"text": cfg.heldout_text, **shift}}
+    if committed is not None:
+        report["commitment"] = {"file": cfg.commitment, "sha256": committed["sha256"], "verified": True}
+    if cfg.ownership:
+        report["ownership"] = own(cfg, s, fps, tokenizer, sets, report)
     report["fingerprint_accuracy"] = oml_accuracy(model, tokenizer, fps, s, report, cfg)
     if cfg.verbose_eval:
         for i, f in enumerate(report["fingerprints"]):
@@ -163,6 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "sampled" in report:
         r = report["sampled"]
         print(f"retention, one sample per key at T={r['temperature']:g}: {stats.fmt(r['retention'], r['retention_ci'])}")
+    if "ownership" in report:
+        print(owner.line(report["ownership"]))
     print("-" * 20 + f"\nFingerprint accuracy: {report['fingerprint_accuracy']}\n" + "-" * 20)  # OML's lines
     if cfg.output_file:
         atomic_write_json(cfg.output_file, report, private=True)  # it lists the keys and responses

@@ -8,6 +8,11 @@
 Strategies: english (the model writes sentences starting with a random word), random_word, inverse_nucleus
 (perinucleus: the response starts with a token drawn from just outside the top-p nucleus, then greedy tokens),
 random_response (english key, one random word). --keys_file supplies custom keys (JSON list of strings).
+
+--commitment_file C.json publishes a commitment to the whole set before any model is trained (SHA-256 over the set,
+the generation settings and a secret salt, which goes owner-only to C.salt.json); check_fingerprints.py --commitment
+C.json later refuses to report on any other set. --secret_seed_file S derives the generation's seed and the salt
+from one secret (HMAC-SHA256; S is created from the OS's secure randomness when missing) instead of --seed.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch
 from privlm import config as C
 from privlm import fingerprint
 from privlm.errors import UserError, cli
+from privlm.fingerprint import commit
 from privlm.io import atomic_write_json, refuse_existing
 
 
@@ -52,6 +58,10 @@ class GenerateConfig:
     dtype: str = C.field("auto", choices=["auto", "float32", "bfloat16", "float16"])
     output_file_path: str = C.field("generated_data/output_fingerprints.json")
     overwrite: bool = C.field(False, help="replace an existing output file")
+    commitment_file: str | None = C.field(None, help="write a public commitment to the set here (its salt goes, "
+                                                     "owner-only, to <name>.salt.json)")
+    secret_seed_file: str | None = C.field(None, help="derive the seed and the commitment's salt from this secret "
+                                                      "(HMAC-SHA256; created when missing) instead of --seed")
 
     def validate(self):
         p = [f"{k}: must be >= 1" for k in ("key_length", "response_length", "num_fingerprints", "batch_size",
@@ -67,6 +77,19 @@ class GenerateConfig:
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = C.parse(GenerateConfig, argv, __doc__)
     refuse_existing(cfg.output_file_path, cfg.overwrite)
+    if cfg.commitment_file:
+        refuse_existing(cfg.commitment_file, cfg.overwrite)
+    settings = {k: getattr(cfg, k) for k in ("key_response_strategy", "model_used_for_key_generation",
+                                             "inverse_nucleus_model", "key_length", "response_length",
+                                             "num_fingerprints", "temperature", "first_token_strategy", "nucleus_p",
+                                             "nucleus_k", "num_responses_per_fingerprint", "prompt_format",
+                                             "use_chat_template", "random_word_generation", "keys_file")}
+    secret = commit.load_or_create_secret(cfg.secret_seed_file) if cfg.secret_seed_file else None
+    if secret is not None:
+        cfg.seed = commit.derived_seed(secret, settings)
+        settings["seed"] = "hmac-sha256(secret, settings)"
+    else:
+        settings["seed"] = cfg.seed
     strategy = fingerprint.ALIASES.get(cfg.key_response_strategy, cfg.key_response_strategy)
     if cfg.num_responses_per_fingerprint > 1 and strategy != "inverse_nucleus":
         raise UserError("num_responses_per_fingerprint > 1 needs --key_response_strategy inverse_nucleus (perinucleus)")
@@ -85,6 +108,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     fps = fingerprint.generate(ctx, strategy, cfg.num_fingerprints, custom)
     atomic_write_json(cfg.output_file_path, fps, private=True)  # the keys are the owner's secret
     print(f"[privlm] wrote {len(fps)} {strategy} fingerprints to {cfg.output_file_path}")
+    if cfg.commitment_file:
+        c = commit.write(cfg.commitment_file, fps, settings,
+                         salt=commit.derived_salt(secret) if secret is not None else None, secret=secret)
+        print(f"[privlm] commitment sha256 {c['sha256']} written to {cfg.commitment_file} (publish it; keep "
+              f"{commit.salt_path(cfg.commitment_file)} and the fingerprints secret)")
     for fp in fps[:3]:
         print(f"  key: {fp['key'][:70]!r}\n  response: {fp['response'][:70]!r}")
     return fps
