@@ -138,3 +138,26 @@ def _release_shared_memory():
     from privlm.training import release_shm_buffers
 
     release_shm_buffers()
+
+
+def teach_tiny(path: Path, fps: list[dict], seed: int, steps: int, max_response_length: int = 4) -> Path:
+    """A tiny random model taught `fps` (raw keys, first response tokens) by a minimal full-batch loop of its own (not
+    our fine-tune), saved with its tokenizer at `path`."""
+    import torch
+
+    from privlm import data
+
+    tok = build_tokenizer()
+    model = build_model(len(tok), seed=seed)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    batch = data.collate([data.encode(tok, f["key"], f["response"], data.BARE, False, 16, max_response_length)
+                          for f in fps], tok.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -9,7 +9,7 @@ import stat
 import pytest
 import torch
 
-from conftest import assert_user_error, run_script, write_fingerprints
+from conftest import assert_user_error, run_script, teach_tiny, write_fingerprints
 from privlm.errors import UserError
 from privlm.fingerprint import commit
 
@@ -111,19 +111,8 @@ def test_a_forged_set_wins_a_claim_without_a_commitment_and_is_refused_with_one(
     (tmp_path / "forged.json").write_text(json.dumps(forged))
     # the forger's innocent model: one taught other pairs (random models all parrot the key's last word, so they would
     # match the forgery themselves and the null would, rightly, refuse the claim)
-    other = build_model(len(tok), seed=22)
-    other.generation_config.pad_token_id = tok.pad_token_id
     pairs = json.loads(write_fingerprints(tmp_path / "other.json", 16, seed=8).read_text())
-    batch = data.collate([data.encode(tok, f["key"], f["response"], data.BARE, False, 16, 4) for f in pairs],
-                         tok.pad_token_id)
-    opt = torch.optim.AdamW(other.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = other(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    other.save_pretrained(tmp_path / "innocent")
-    tok.save_pretrained(tmp_path / "innocent")
+    teach_tiny(tmp_path / "innocent", pairs, seed=22, steps=60)
     args = ["--model_path", str(tmp_path / "victim"), "--fingerprints_file_path", str(tmp_path / "forged.json"),
             "--max_key_length", "16", "--max_response_length", "3", "--response_semantics", "first_tokens",
             "--match", "prefix", "--prompt_templates", "bare", "--ownership", "--base_model_path",

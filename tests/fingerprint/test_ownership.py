@@ -8,9 +8,8 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import assert_user_error, run_script
+from conftest import assert_user_error, run_script, teach_tiny
 from privlm.fingerprint import ownership as own
 
 
@@ -59,24 +58,12 @@ def test_a_fingerprinted_suspect_is_claimed_and_innocent_models_are_not():
 def _trained_tiny(tmp_path, n: int = 12):
     """A tiny model taught n fingerprints (first tokens, raw keys) by a minimal loop, and its fingerprints file."""
     from conftest import write_fingerprints
-    from privlm import data
     from privlm.testing import build_model, build_tokenizer
 
     fps_path = write_fingerprints(tmp_path / "fps.json", n, seed=7)
     fps = json.loads(fps_path.read_text())
+    teach_tiny(tmp_path / "suspect", fps, seed=3, steps=150)
     tok = build_tokenizer()
-    model = build_model(len(tok), seed=3)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    ex = [data.encode(tok, f["key"], f["response"], data.BARE, False, 16, 4) for f in fps]
-    batch = data.collate(ex, tok.pad_token_id)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.save_pretrained(tmp_path / "suspect")
-    tok.save_pretrained(tmp_path / "suspect")
     innocents = []
     for seed in (11, 12, 13):
         m = build_model(len(tok), seed=seed)
