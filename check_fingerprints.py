@@ -141,10 +141,10 @@ def null_names(cfg, s: dict) -> list[str]:
     return ([s["base_model"]] if s["base_model"] else []) + list(cfg.null_models)
 
 
-def own(cfg, s: dict, fps: list[dict], tokenizer, sets: dict, report: dict) -> dict:
+def own(cfg, s: dict, targets: list, tokenizer, sets: dict, report: dict) -> dict:
     """The suspect's matches on the first template checked, against innocent models checked the same way."""
     template = next(iter(sets.values()))[0]
-    encs = encode_all(tokenizer, derived(tokenizer, fps, s), template, data.use_chat(tokenizer, s["prompt_format"]),
+    encs = encode_all(tokenizer, targets, template, data.use_chat(tokenizer, s["prompt_format"]),
                       cfg.match)
     evidence = owner.collect(null_names(cfg, s), tokenizer, encs, s["dtype"], cfg.batch_size)
     return {**owner.assess([f["match"] for f in report["fingerprints"]], evidence, cfg.ownership_alpha),
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in null_names(cfg, s) if cfg.ownership else []:  # before any model runs
         owner.same_tokenizer(name, models.load_tokenizer(name), tokenizer)
     model = models.load_model(cfg.model_path, dtype=s["dtype"], device=models.device()).eval()
-    report = check(model, tokenizer, fps, sets, s, cfg.batch_size, cfg.match)
+    targets = derived(tokenizer, fps, s)  # once: the check and the ownership null use the same tokens
+    report = check(model, tokenizer, fps, sets, s, cfg.batch_size, cfg.match, targets)
     report["model_path"] = cfg.model_path
     report["settings"] = {k: s[k] for k in ("prompt_format", "strategy", "semantics", "keep_eos", "max_key_length",
                                             "max_response_length", "dtype", "recorded")}
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     if committed is not None:
         report["commitment"] = {"file": cfg.commitment, "sha256": committed["sha256"], "verified": True}
     if cfg.ownership:
-        report["ownership"] = own(cfg, s, fps, tokenizer, sets, report)
+        report["ownership"] = own(cfg, s, targets, tokenizer, sets, report)
     report["fingerprint_accuracy"] = oml_accuracy(model, tokenizer, fps, s, report, cfg)
     if cfg.verbose_eval:
         for i, f in enumerate(report["fingerprints"]):
