@@ -10,7 +10,7 @@ export TRANSFORMERS_VERBOSITY ?= error
 # GPUs if there are any, else two CPU ranks
 NGPUS = $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
 
-.PHONY: venv demo demo-dp demo-audit demo-mosaic test test-fast test-gpu bench clean
+.PHONY: venv demo demo-ownership demo-dp demo-audit demo-mosaic test test-fast test-gpu bench clean
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,23 @@ demo: venv
 	$(BIN)/python check_fingerprints.py --config configs/fingerprint/demo_check.yml; \
 	echo "[demo] wall time $$(( $$(date +%s) - start )) s; fingerprints: generated_data/demo_fingerprints.json;" \
 	     "model: results/demo_run/final_model; report: results/demo_check.json"
+
+# The ownership test against innocent models: four fine-tunes of the default model on other fingerprint sets (random
+# words, one seed each) join the base model as the null; the demo's model is then checked with --ownership. Finished
+# innocent models are skipped. Run `make demo` first.
+INNOCENT := 1 2 3 4
+demo-ownership: venv
+	@start=$$(date +%s); set -e; \
+	for s in $(INNOCENT); do f=generated_data/innocent_$$s.json; \
+	  test -f $$f || $(BIN)/python generate_finetuning_data.py --key_response_strategy random_word \
+	    --num_fingerprints 32 --key_length 16 --response_length 8 --seed $$s --output_file_path $$f; \
+	  test -f results/innocent_$$s/final_model/config.json || $(BIN)/deepspeed --num_gpus $(NGPUS) \
+	    finetune_multigpu.py --config configs/fingerprint/demo_innocent.yml --fingerprints_file_path $$f \
+	    --run_link results/innocent_$$s; done; \
+	$(BIN)/python check_fingerprints.py --model_path results/demo_run/final_model --prompt_templates trained \
+	  --ownership --null_models $(foreach s,$(INNOCENT),results/innocent_$(s)/final_model) \
+	  --output_file results/demo_ownership.json; \
+	echo "[demo-ownership] wall time $$(( $$(date +%s) - start )) s; report: results/demo_ownership.json"
 
 # Private fine-tuning of the default model on the synthetic PII corpus: undefended vs scrubbed vs DP (eps=8).
 demo-dp: venv
