@@ -1,7 +1,11 @@
 """What a model thief can do to a fingerprinted model, and the retention left after it (scalable fingerprinting's
-persistence experiments): further fine-tuning on benign data, weight-only quantization, sampled decoding, system
-prompts the model never saw, and linear merging with the base model. A registry: ATTACKS[name](target, settings)
-returns rows {"attack", "param", "retention", "retention_ci", ...}."""
+persistence experiments, and attacks that know the scheme): further full or LoRA fine-tuning on benign data,
+weight-only quantization, sampled decoding, system prompts the model never saw, merging (linear with the base, TIES
+and task arithmetic with another fine-tune), input filtering by prompt perplexity and suppression of abnormally
+confident first tokens (privlm.fingerprint.adaptive). A registry: ATTACKS[name](target, settings) returns rows
+{"attack", "param", "retention", "retention_ci", "matched", ...}; `run` adds to each the ownership p-value of what
+is left (against the innocent models in `Target.evidences`) and `thief_ppl_ratio`, the held-out perplexity of the
+attacked model over the unattacked one (paired bootstrap CI; 1.0 where the weights are left as they are)."""
 from __future__ import annotations
 
 import copy
@@ -11,11 +15,13 @@ import random
 import secrets
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from .. import data, models, stats
+from .. import data, lora, models, stats
 from ..errors import UserError
-from . import benign
+from ..eval import heldout
+from . import adaptive, benign, ownership
 from .verify import check, derived, encode_all, template_sets
 
 # A thief's instruction data, offline: prompts phrased unlike the benign mix used in fingerprinting.
@@ -35,9 +41,14 @@ class Target:
     batch_size: int = 64
     match: str = "exact"
     base: object = None  # the base model, once loaded (a caller that holds it already can pass it)
+    evidences: list | None = None  # innocent models' behaviour on the keys (ownership.collect); None: no p-values
+    heldout_tokens: int = 8192  # held-out English scored for the thief's utility cost
     _tok: object = None
     _sets: dict = field(default_factory=dict)
     _targets: list | None = None
+    _wins: list | None = None
+    _ref: dict | None = None
+    _other: object = None  # the thief's own fine-tune of the base model, once made (merge_ties, merge_task_...)
 
     @property
     def targets(self):
@@ -67,7 +78,33 @@ class Target:
         sets = self._sets[name]
         r = check(model, self.tokenizer, self.fps, sets, self.settings, self.batch_size, self.match, self.targets)
         return {"retention": r["retention"], "retention_ci": r["retention_ci"], "num_fingerprints": len(self.fps),
-                "per_template": r["per_template"]}
+                "per_template": r["per_template"], "matches": [f["match"] for f in r["fingerprints"]]}
+
+    def encodings(self) -> list[list[data.Encoded]]:
+        """The keys as served (first trained template) with their responses."""
+        chat = data.use_chat(self.tokenizer, self.settings["prompt_format"])
+        template = template_sets(["trained"], self.settings["trained"])["trained"][0]
+        return encode_all(self.tokenizer, self.targets, template, chat, self.match)
+
+    def cost(self, model) -> dict:
+        """The thief's utility cost of an attack that changes the weights: held-out perplexity of `model` over the
+        unattacked fingerprinted model's, on the same windows (paired bootstrap over windows)."""
+        if self._wins is None:
+            self._wins = heldout.windows(self.tokenizer, heldout.HELDOUT_ENGLISH.read_text(),
+                                         max_tokens=self.heldout_tokens)
+            self._ref = heldout.score(self.load(), self._wins)
+        s = heldout.summary(heldout.score(model, self._wins), self._ref)
+        return {"thief_ppl_ratio": s["heldout_ppl_ratio"], "thief_ppl_ratio_ci": s["heldout_ppl_ratio_ci"]}
+
+    def log10_p(self, matched: int, queries: int = 1) -> float | None:
+        """log10 ownership p-value of `matched` keys; `queries` > 1: a key counts when any of that many independent
+        samples matches, so an innocent model's per-key chance p becomes 1 - (1 - p)^queries."""
+        if not self.evidences:
+            return None
+        p = ownership.null_probabilities(self.evidences, len(self.fps))
+        if queries > 1:
+            p = -np.expm1(queries * np.log1p(-np.minimum(p, 1.0 - 1e-16)))
+        return ownership.log10_tail(p, matched)
 
 
 @dataclass
@@ -80,14 +117,27 @@ class AttackSettings:
     sampling: list[str] = field(default_factory=lambda: ["0.7:0.9", "1.0:1.0"])  # temperature:top_p
     num_samples: int = 5
     system_prompts: str = "system_unseen"
+    sampling_rule: str = "best_of_n"  # or "majority": a key counts when any (most) of num_samples samples match
     merge_alphas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    merge_model_path: str | None = None  # the other model of TIES / task arithmetic (default: the thief's SFT model)
+    ties_density: float = 0.5
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_learning_rate: float = 2e-4
+    filter_score: str = "relative"  # output_suppression: relative to the reference model, or plain confidence
     quantization_backend: str = "quanto"
     seed: int | None = None  # None: the OS's secure randomness for sampling and SFT batches
 
 
-def _row(attack: str, param, r: dict, **extra) -> dict:
+SAMPLING_RULES = ("best_of_n", "majority")
+
+
+def _row(attack: str, param, r: dict, cost: dict | None = None, **extra) -> dict:
+    """One report row. `cost`: the thief's utility cost (Target.cost); None: the weights are unchanged (1.0)."""
+    cost = cost or {"thief_ppl_ratio": 1.0, "thief_ppl_ratio_ci": [1.0, 1.0]}
+    matched = r.get("matched", sum(r["matches"]) if "matches" in r else round(r["retention"] * r["num_fingerprints"]))
     return {"attack": attack, "param": param, "retention": r["retention"], "retention_ci": r["retention_ci"],
-            "num_fingerprints": r["num_fingerprints"], **extra}
+            "num_fingerprints": r["num_fingerprints"], "matched": int(matched), **cost, **extra}
 
 
 def _seed(a: AttackSettings) -> int:
@@ -121,18 +171,17 @@ def thief_data(t: Target, a: AttackSettings) -> list[tuple[str, str]]:
 _THIEF_CACHE: dict[tuple, list] = {}
 
 
-def attack_sft(t: Target, a: AttackSettings, model=None) -> list[dict]:
-    """Full fine-tuning (AdamW, response-only loss) on benign data, checked after each budget in `sft_steps`."""
+def benign_sft(t: Target, a: AttackSettings, model, lr: float, budgets: list[int]):
+    """AdamW with a response-only loss on the thief's benign data; yields (steps done, last loss) at each budget,
+    the model in eval mode while the caller looks at it."""
     chat = data.use_chat(t.tokenizer, t.settings["prompt_format"])
     examples = benign.encode_pairs(t.tokenizer, thief_data(t, a), chat, 64, a.sft_response_length)
-    model = model if model is not None else t.load()
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.sft_learning_rate,
-                            weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     rng = random.Random(_seed(a))
     dev = next(model.parameters()).device
-    rows, done, order = [], 0, []
-    for budget in sorted(set(a.sft_steps)):
+    done, order = 0, []
+    for budget in sorted(set(budgets)):
         while done < budget:
             if len(order) < a.sft_batch_size:
                 order += rng.sample(range(len(examples)), len(examples))
@@ -144,10 +193,26 @@ def attack_sft(t: Target, a: AttackSettings, model=None) -> list[dict]:
             opt.zero_grad(set_to_none=True)
             done += 1
         model.eval()
-        rows.append(_row("sft", budget, t.retention(model), learning_rate=a.sft_learning_rate,
-                         batch_size=a.sft_batch_size, last_loss=round(loss.item(), 4)))
+        yield budget, round(loss.item(), 4)
         model.train()
-    return rows
+    model.eval()
+
+
+def attack_sft(t: Target, a: AttackSettings, model=None) -> list[dict]:
+    """Full fine-tuning (AdamW, response-only loss) on benign data, checked after each budget in `sft_steps`."""
+    model = model if model is not None else t.load()
+    return [_row("sft", steps, t.retention(model), t.cost(model), learning_rate=a.sft_learning_rate,
+                 batch_size=a.sft_batch_size, last_loss=loss)
+            for steps, loss in benign_sft(t, a, model, a.sft_learning_rate, a.sft_steps)]
+
+
+def attack_lora_sft(t: Target, a: AttackSettings) -> list[dict]:
+    """LoRA (PEFT, every linear layer, rank `lora_r`) fine-tuning on the same benign data and budgets: the cheap
+    fine-tune a thief would run. The adapter is checked as served, unmerged (merging gives the same function)."""
+    model = lora.wrap(a.lora_r, a.lora_alpha)(t.load())
+    return [_row("lora_sft", steps, t.retention(model), t.cost(model), learning_rate=a.lora_learning_rate,
+                 batch_size=a.sft_batch_size, lora_r=a.lora_r, last_loss=loss)
+            for steps, loss in benign_sft(t, a, model, a.lora_learning_rate, a.sft_steps)]
 
 
 # ------------------------------------------------------------------------------------------------- quantization
@@ -201,7 +266,8 @@ def _quantize_attack(bits: int):
     def run(t: Target, a: AttackSettings) -> list[dict]:
         model = load_bitsandbytes(t.model_path, bits) if a.quantization_backend == "bitsandbytes" else \
             quantize(t.load(), bits, a.quantization_backend)
-        return [_row(f"quantize_int{bits}", f"{a.quantization_backend} int{bits} weights", t.retention(model))]
+        return [_row(f"quantize_int{bits}", f"{a.quantization_backend} int{bits} weights", t.retention(model),
+                     t.cost(model))]
     return run
 
 
@@ -217,9 +283,10 @@ def parse_sampling(spec: str) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def sampled_retention(model, t: Target, temperature: float, top_p: float, k: int, seed: int) -> dict:
-    """k sampled continuations per key (first trained template); a key counts when the majority reproduce one of
-    its responses (exact: EOS included)."""
+def sampled_retention(model, t: Target, temperature: float, top_p: float, k: int, seed: int,
+                      rule: str = "majority") -> dict:
+    """k sampled continuations per key (first trained template); a key counts when the majority (`majority`) or
+    any (`best_of_n`: the owner queries k times) reproduce one of its responses (exact: EOS included)."""
     tok = t.tokenizer
     chat = data.use_chat(tok, t.settings["prompt_format"])
     template = template_sets(["trained"], t.settings["trained"])["trained"][0]
@@ -235,9 +302,9 @@ def sampled_retention(model, t: Target, temperature: float, top_p: float, k: int
                              eos_token_id=None).cpu()[:, batch["input_ids"].shape[1]:]
         for i, e in enumerate(encs):
             hits = sum(any(out[i * k + j, :len(x.response)].tolist() == x.response for x in e) for j in range(k))
-            wins += hits > k / 2
+            wins += hits > k / 2 if rule == "majority" else hits > 0
     return {"retention": wins / len(t.fps), "retention_ci": stats.wilson(wins, len(t.fps)),
-            "num_fingerprints": len(t.fps)}
+            "num_fingerprints": len(t.fps), "matched": wins}
 
 
 def attack_sampling(t: Target, a: AttackSettings) -> list[dict]:
@@ -245,9 +312,10 @@ def attack_sampling(t: Target, a: AttackSettings) -> list[dict]:
     rows = []
     for spec in a.sampling:
         temp, top_p = parse_sampling(spec)
-        r = sampled_retention(model, t, temp, top_p, a.num_samples, seed)
+        r = sampled_retention(model, t, temp, top_p, a.num_samples, seed, a.sampling_rule)
         rows.append(_row("sampling", f"T={temp:g} top_p={top_p:g} k={a.num_samples}", r, temperature=temp,
-                         top_p=top_p, num_samples=a.num_samples))
+                         top_p=top_p, num_samples=a.num_samples, sampling_rule=a.sampling_rule,
+                         queries=a.num_samples if a.sampling_rule == "best_of_n" else 1))
     return rows
 
 
@@ -259,7 +327,9 @@ def attack_system_prompts(t: Target, a: AttackSettings) -> list[dict]:
     per = r["per_template"]["trained"]
     rows = [_row("system_prompts", tpl["system"] or tpl["user"], {**tpl, "num_fingerprints": len(t.fps)})
             for tpl in per["templates"]]
-    rows.append(_row("system_prompts", f"all {len(per['templates'])}", r))
+    # pooled: mean retention over the system prompts; its p-value is the worst one's (whichever the thief picks)
+    worst = min(row["matched"] for row in rows)
+    rows.append(_row("system_prompts", f"all {len(per['templates'])}", {**r, "matched": worst}))
     return rows
 
 
@@ -281,20 +351,131 @@ def attack_merge(t: Target, a: AttackSettings) -> list[dict]:
     for alpha in a.merge_alphas:
         if not 0 <= alpha <= 1:
             raise UserError(f"merge alpha {alpha}: must be in [0, 1]")
-        rows.append(_row("merge", alpha, t.retention(interpolate(copy.deepcopy(tuned), base, alpha))))
+        merged = interpolate(copy.deepcopy(tuned), base, alpha)
+        rows.append(_row("merge", alpha, t.retention(merged), t.cost(merged)))
     return rows
 
 
-ATTACKS = {"none": attack_none, "sft": attack_sft, "quantize_int8": _quantize_attack(8),
+def other_model(t: Target, a: AttackSettings):
+    """The model merged with the fingerprinted one: `merge_model_path`, else the thief's own fine-tune of the base
+    model on benign data (max(sft_steps) steps), made once."""
+    if a.merge_model_path:
+        from .ownership import same_tokenizer
+
+        same_tokenizer(a.merge_model_path, models.load_tokenizer(a.merge_model_path), t.tokenizer)
+        return t.load(a.merge_model_path), a.merge_model_path
+    if t._other is None:
+        t._other = copy.deepcopy(t.base_model())
+        for _ in benign_sft(t, a, t._other, a.sft_learning_rate, [max(a.sft_steps)]):
+            pass
+    return t._other, f"thief sft of the base ({max(a.sft_steps)} steps)"
+
+
+def ties(task_vectors: list[torch.Tensor], weights: torch.Tensor, density: float) -> torch.Tensor:
+    """TIES-merging (Yadav et al. 2023) with PEFT's trim (magnitude pruning) and sign election, and the disjoint
+    mean normalised by the weights of the entries that agree (mergekit's default): merging a model with itself
+    gives it back at any weights."""
+    from peft.utils.merge_utils import calculate_majority_sign_mask, prune
+
+    tv = torch.stack([prune(x, density, method="magnitude") for x in task_vectors])
+    w = weights.view(-1, *([1] * (tv.dim() - 1))).to(tv)
+    weighted = tv * w
+    mask = calculate_majority_sign_mask(weighted, method="total")
+    den = (w * mask).sum(0)
+    return torch.where(den > 0, (weighted * mask).sum(0) / den.clamp(min=1e-12), torch.zeros_like(den))
+
+
+@torch.no_grad()
+def merge_task_vectors(tuned, other, base, alpha: float, method: str, density: float = 0.5):
+    """theta_base + merge([theta_tuned - theta_base, theta_other - theta_base], weights [1 - alpha, alpha]), in
+    place in `tuned`: `ties` (above) or `task_arithmetic` (PEFT's weighted sum). alpha is the other model's share;
+    tied tensors are merged once."""
+    from peft.utils import merge_utils
+
+    ostate, bstate, seen = other.state_dict(), base.state_dict(), set()
+    w = torch.tensor([1.0 - alpha, alpha])
+    for name, p in tuned.state_dict().items():
+        if not p.is_floating_point() or name not in bstate or p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        b = bstate[name].to(p.device, torch.float32)
+        tv = [p.float() - b, ostate[name].to(p.device, torch.float32) - b]
+        mixed = ties(tv, w.to(p.device), density) if method == "ties" else \
+            merge_utils.task_arithmetic(tv, w.to(p.device))
+        p.copy_((b + mixed).to(p.dtype))
+    return tuned
+
+
+def _merge_attack(method: str):
+    def run(t: Target, a: AttackSettings) -> list[dict]:
+        tuned, base = t.load(), t.base_model()
+        other, other_name = other_model(t, a)
+        rows = []
+        for alpha in a.merge_alphas:
+            merged = merge_task_vectors(copy.deepcopy(tuned), other, base, alpha, method, a.ties_density)
+            extra = {"density": a.ties_density} if method == "ties" else {}
+            rows.append(_row(f"merge_{method}", alpha, t.retention(merged), t.cost(merged), other_model=other_name,
+                             **extra))
+        return rows
+    return run
+
+
+# ------------------------------------------------------------------------------------------------- adaptive
+def attack_perplexity_filter(t: Target, a: AttackSettings) -> list[dict]:
+    """Keys whose perplexity under the base model exceeds what 99% of normal prompts reach are refused."""
+    ref = t.base_model()
+    calib, held = adaptive.normal_prompts(t.tokenizer, THIEF_TASKS, t.settings["max_key_length"])
+    tau = adaptive.threshold(adaptive.text_perplexity(ref, t.tokenizer, calib))
+    keys = adaptive.text_perplexity(ref, t.tokenizer, [d.key for d in t.targets])
+    cost = adaptive.rejected(adaptive.text_perplexity(ref, t.tokenizer, held), tau)
+    base = t.retention(t.load())
+    kept = [m and k <= tau for m, k in zip(base["matches"], keys)]
+    r = {"retention": sum(kept) / len(kept), "retention_ci": stats.wilson(sum(kept), len(kept)),
+         "num_fingerprints": len(kept), "matches": kept}
+    return [_row("perplexity_filter", f"ppl > {tau:.1f} refused", r, threshold=tau,
+                 keys_rejected=int((keys > tau).sum()), thief_rejected_share=cost["share"],
+                 thief_rejected_share_ci=cost["ci"], normal_prompts=cost["n"])]
+
+
+def attack_output_suppression(t: Target, a: AttackSettings) -> list[dict]:
+    """A first token the served model is abnormally sure of (score above what 99% of normal prompts reach) is
+    banned; a matched key whose first token is banned is lost."""
+    model, ref, tok = t.load(), t.base_model(), t.tokenizer
+    chat = data.use_chat(tok, t.settings["prompt_format"])
+    template = template_sets(["trained"], t.settings["trained"])["trained"][0]
+    calib, held = adaptive.normal_prompts(tok, THIEF_TASKS, t.settings["max_key_length"])
+    enc = lambda texts: [data.prompt_ids(tok, x, template, chat) for x in texts]  # noqa: E731
+    score = lambda prompts: adaptive.first_token_scores(model, ref, prompts, tok.pad_token_id,  # noqa: E731
+                                                        a.filter_score, t.batch_size)[0]
+    tau = adaptive.threshold(score(enc(calib)))
+    keys = score([e[0].prompt for e in t.encodings()])
+    cost = adaptive.rejected(score(enc(held)), tau)
+    base = t.retention(model)
+    kept = [m and k <= tau for m, k in zip(base["matches"], keys)]
+    r = {"retention": sum(kept) / len(kept), "retention_ci": stats.wilson(sum(kept), len(kept)),
+         "num_fingerprints": len(kept), "matches": kept}
+    return [_row("output_suppression", f"{a.filter_score} log p > {tau:.2f} banned", r, threshold=tau,
+                 score=a.filter_score, keys_suppressed=int((keys > tau).sum()), thief_altered_share=cost["share"],
+                 thief_altered_share_ci=cost["ci"], normal_prompts=cost["n"])]
+
+
+ATTACKS = {"none": attack_none, "sft": attack_sft, "lora_sft": attack_lora_sft, "quantize_int8": _quantize_attack(8),
            "quantize_int4": _quantize_attack(4), "sampling": attack_sampling,
-           "system_prompts": attack_system_prompts, "merge": attack_merge}
+           "system_prompts": attack_system_prompts, "merge": attack_merge, "merge_ties": _merge_attack("ties"),
+           "merge_task_arithmetic": _merge_attack("task_arithmetic"), "perplexity_filter": attack_perplexity_filter,
+           "output_suppression": attack_output_suppression}
 
 
 def run(names: list[str], t: Target, a: AttackSettings, progress=print) -> list[dict]:
     rows = []
     for name in names:
         progress(f"[privlm] attack {name}")
-        rows += ATTACKS[name](t, a)
-        for r in rows[-1:]:
+        new = ATTACKS[name](t, a)
+        for r in new:
+            lp = t.log10_p(r["matched"], r.pop("queries", 1))
+            r["ownership_p_value"] = None if lp is None else 10.0 ** lp
+            r["ownership_log10_p_value"] = lp
+        rows += new
+        for r in new[-1:]:
             progress(f"[privlm]   {name} {r['param']}: retention {stats.fmt(r['retention'], r['retention_ci'])}")
     return rows
