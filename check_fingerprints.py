@@ -77,9 +77,17 @@ class CheckConfig:
     heldout_text: str = C.field(str(heldout.HELDOUT_ENGLISH.relative_to(Path(__file__).resolve().parent)),
                                 help="held-out text for perplexity and KL (default: ~58k tokens of English)")
     kl_windows: int | None = C.field(None, help="windows of 256 tokens for the KL (default: all)")
+    heldout_tokens: int | None = C.field(heldout.DEFAULT_TOKENS, help="score the first this many held-out tokens (default: "
+                                         "the fewest that keep the demo's perplexity-ratio CI within 1%, see "
+                                         "benchmarks/heldout_tokens.py; 0: all)")
+    kl_top_k: int = C.field(heldout.TOP_K, help="the KL pools all but the base's top k next tokens (what the cache "
+                                                "keeps per token)")
+    heldout_cache: bool = C.field(True, help="reuse the base model's held-out scores from $PRIVLM_CACHE/heldout "
+                                             "(keyed by its weights, the text and these settings)")
     base_model_path: str | None = C.field(None, help="model to compare utility with (default: the run's base model)")
     utility_tasks: list[str] = C.field(default_factory=lambda: ["privlm_sanity"],
-                                       help="lm-eval tasks; tinyBenchmarks names when the hub is reachable")
+                                       help="lm-eval tasks; tinyBenchmarks names when the hub is reachable; "
+                                            "none: held-out perplexity and KL only")
     utility_limit: int | None = C.field(None)
     ownership: bool = C.field(False, help="test ownership: the p-value that an innocent model matches this many keys, "
                                           "against the base model and --null_models")
@@ -94,10 +102,12 @@ class CheckConfig:
 
     def validate(self):
         p = [f"{k}: must be >= 1" for k in ("num_fingerprints", "max_key_length", "max_response_length", "batch_size",
-                                             "kl_windows")
+                                             "kl_windows", "kl_top_k")
              if getattr(self, k) is not None and getattr(self, k) < 1]
         if self.sampling_temperature < 0:
             p.append("sampling_temperature: must be >= 0")
+        if self.heldout_tokens is not None and self.heldout_tokens < 0:
+            p.append("heldout_tokens: must be >= 0 (0: the whole text)")
         if not 0 < self.ownership_alpha < 1:
             p.append("ownership_alpha: must be in (0, 1)")
         return p
@@ -112,7 +122,7 @@ def print_table(report: dict):
     u = report.get("utility")
     if u:
         print(f"\n{'utility':<28}{'base [95% CI]':>24}{'fingerprinted [95% CI]':>26}")
-        for task in u["fingerprinted"]["lm_eval"]:
+        for task in u["fingerprinted"].get("lm_eval", {}):
             for metric in ("acc", "acc_norm"):
                 b = u["base"]["lm_eval"].get(task, {})
                 a = u["fingerprinted"]["lm_eval"][task]
@@ -124,7 +134,9 @@ def print_table(report: dict):
               f"{stats.fmt(h['heldout_ppl_after'], h['heldout_ppl_after_ci'], 2):>26}")
         print(f"{'perplexity ratio':<28}{'':>24}{stats.fmt(h['heldout_ppl_ratio'], h['heldout_ppl_ratio_ci'], 4):>26}")
         print(f"{'KL(base || tuned) / token':<28}{'':>24}{stats.fmt(h['kl_base_tuned'], h['kl_base_tuned_ci'], 4):>26}")
-        print(f"({h['heldout_tokens']} held-out tokens in {h['heldout_windows']} windows; {h['kl_tokens']} for the KL)")
+        print(f"({h['heldout_tokens']} held-out tokens in {h['heldout_windows']} windows; {h['kl_tokens']} for the KL "
+              f"over the base's top {h['kl_top_k']} tokens; base scores "
+              f"{'from the cache' if h['base_from_cache'] else 'computed and cached'})")
 
 
 def oml_accuracy(model, tokenizer, fps: list[dict], s: dict, report: dict, cfg) -> float:
@@ -149,6 +161,20 @@ def own(cfg, s: dict, targets: list, tokenizer, sets: dict, report: dict) -> dic
     evidence = owner.collect(null_names(cfg, s), tokenizer, encs, s["dtype"], cfg.batch_size)
     return {**owner.assess([f["match"] for f in report["fingerprints"]], evidence, cfg.ownership_alpha),
             "template": {"system": template.system, "user": template.user}}
+
+
+def held_out(cfg, s, model, tokenizer) -> dict:
+    """Perplexity of base and fingerprinted on the held-out text, their ratio and the KL, in one loop; the base's
+    scores come from the cache when this base, text and setting were scored before."""
+    wins = heldout.windows(tokenizer, Path(cfg.heldout_text).read_text(), max_tokens=cfg.heldout_tokens + 1 if cfg.heldout_tokens else None)
+    model_id = heldout.model_id(s["base_model"])
+    after, before, cached = heldout.compare(
+        model, wins, model_id, lambda: models.load_model(s["base_model"], dtype=s["dtype"], device=models.device()),
+        dtype=str(s["dtype"]), top_k=cfg.kl_top_k, use_cache=cfg.heldout_cache,
+        progress="held-out")
+    if cfg.kl_windows:
+        after["kl"] = after["kl"][:cfg.kl_windows]
+    return {**heldout.summary(after, before), "kl_top_k": cfg.kl_top_k, "base_from_cache": cached}
 
 
 @cli
@@ -184,10 +210,14 @@ def main(argv: list[str] | None = None) -> dict:
         sampled = attacks.sampled_retention(model, t, cfg.sampling_temperature, 1.0, 1, seed)
         report["sampled"] = {"temperature": cfg.sampling_temperature, "seeded": cfg.seed is not None, **sampled}
     if cfg.eval_utility:
-        after = utility.evaluate(model, tokenizer, cfg.utility_tasks, cfg.utility_limit)
-        base = models.load_model(s["base_model"], dtype=s["dtype"], device=models.device()).eval()
-        before = utility.evaluate(base, models.load_tokenizer(s["base_model"]), cfg.utility_tasks, cfg.utility_limit)
-        shift = heldout.shift(model, base, tokenizer, cfg.heldout_text, kl_windows=cfg.kl_windows)
+        shift = held_out(cfg, s, model, tokenizer)
+        tasks = [t for t in cfg.utility_tasks if t != "none"]
+        after = utility.evaluate(model, tokenizer, tasks, cfg.utility_limit) if tasks else {"lm_eval": {}}
+        before = {"lm_eval": {}}
+        if tasks:
+            base = models.load_model(s["base_model"], dtype=s["dtype"], device=models.device()).eval()
+            before = utility.evaluate(base, models.load_tokenizer(s["base_model"]), tasks, cfg.utility_limit)
+            del base
         before["heldout_perplexity"], after["heldout_perplexity"] = shift["heldout_ppl_base"], shift["heldout_ppl_after"]
         report["utility"] = {"base_model": s["base_model"], "base": before, "fingerprinted": after,
                              "heldout": {"text": cfg.heldout_text, **shift}}

@@ -81,3 +81,85 @@ def test_kl_and_ratio_against_the_base(tiny, tiny_model_dir):
     assert s["heldout_ppl_ratio"] == pytest.approx(s["heldout_ppl_after"] / s["heldout_ppl_base"], rel=1e-9)
     lo, hi = s["heldout_ppl_ratio_ci"]
     assert lo <= s["heldout_ppl_ratio"] <= hi
+
+
+def _perturbed(model, scale=0.05, seed=0):
+    import copy
+
+    other = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return other
+
+
+def test_pooled_kl_is_exact_with_every_token_and_a_lower_bound_with_fewer():
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.randn(5, 40, generator=g).log_softmax(-1), (2 * torch.randn(5, 40, generator=g)).log_softmax(-1)
+    exact = (p.exp() * (p - q)).sum(-1).double()
+    lp, ix = p.topk(40, -1)
+    torch.testing.assert_close(heldout.pooled_kl(lp, ix, q), exact)
+    for k in (1, 5, 20):
+        lp, ix = p.topk(k, -1)
+        got = heldout.pooled_kl(lp, ix, q)
+        assert (got <= exact + 1e-9).all() and (got >= -1e-12).all()
+
+
+def test_compare_runs_the_base_once_then_reads_it_from_the_cache(tiny, monkeypatch, tmp_path):
+    monkeypatch.setenv("PRIVLM_CACHE", str(tmp_path))
+    model, tok = tiny
+    wins = heldout.windows(tok, "a b c d e f g h i j k l m n o p q r s t u v w x y z " * 8, 16)
+    other, loads = _perturbed(model), []
+
+    def load():
+        loads.append(1)
+        return model
+
+    a1, b1, cached1 = heldout.compare(other, wins, "tiny-base", load, top_k=8, batch_size=3)
+    a2, b2, cached2 = heldout.compare(other, wins, "tiny-base", load, top_k=8, batch_size=3)
+    assert (cached1, cached2, len(loads)) == (False, True, 1)
+    s1, s2 = heldout.summary(a1, b1), heldout.summary(a2, b2)
+    assert s1 == s2  # the same numbers from the cache as from the base itself
+    # against the three-pass path: the base's perplexity and the ratio agree; the pooled KL bounds the exact one
+    exact = heldout.summary(heldout.score(other, wins, base=model), heldout.score(model, wins))
+    for k in ("heldout_ppl_base", "heldout_ppl_after", "heldout_ppl_ratio"):
+        assert s1[k] == pytest.approx(exact[k], rel=1e-5), k
+    assert 0 < s1["kl_base_tuned"] <= exact["kl_base_tuned"] * (1 + 1e-6)
+    # another top_k, other windows or another model id: a different entry
+    heldout.compare(other, wins[:-1], "tiny-base", load, top_k=8, batch_size=3)
+    heldout.compare(other, wins, "tiny-other", load, top_k=8, batch_size=3)
+    assert len(loads) == 3 and len(list((tmp_path / "heldout").glob("*.npz"))) == 3
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_corrupt_or_partial_cache_entry_is_recomputed(tiny, monkeypatch, tmp_path, capsys, damage):
+    monkeypatch.setenv("PRIVLM_CACHE", str(tmp_path))
+    model, tok = tiny
+    wins = heldout.windows(tok, "one two three four five six seven eight nine ten " * 10, 16)
+    other = _perturbed(model, seed=1)
+    first = heldout.summary(*heldout.compare(other, wins, "m", lambda: model, top_k=4)[:2])
+    (entry,) = (tmp_path / "heldout").glob("*.npz")
+    raw = bytearray(entry.read_bytes())
+    if damage == "truncate":
+        raw = raw[:len(raw) // 2]
+    else:
+        raw[-200] ^= 0xFF  # inside the last array's data: the digest no longer matches
+    entry.write_bytes(bytes(raw))
+    after, before, cached = heldout.compare(other, wins, "m", lambda: model, top_k=4)
+    assert cached is False and "corrupt or partial" in capsys.readouterr().err
+    assert heldout.summary(after, before) == first
+    assert heldout.compare(other, wins, "m", lambda: model, top_k=4)[2] is True  # rewritten whole
+
+
+def test_model_digest_follows_the_weights_not_the_folder(tiny_model_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert heldout.model_digest(copy) == heldout.model_digest(tiny_model_dir)
+    w = next(f for f in copy.iterdir() if f.suffix == ".safetensors")
+    raw = bytearray(w.read_bytes())
+    raw[-1] ^= 1
+    w.write_bytes(bytes(raw))
+    assert heldout.model_digest(copy) != heldout.model_digest(tiny_model_dir)
