@@ -10,7 +10,7 @@ export TRANSFORMERS_VERBOSITY ?= error
 # GPUs if there are any, else two CPU ranks
 NGPUS = $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
 
-.PHONY: venv demo demo-ownership demo-dp demo-audit demo-mosaic test test-fast test-gpu bench clean
+.PHONY: docs results venv demo demo-ownership demo-dp demo-audit demo-mosaic test test-fast test-gpu bench clean
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,13 +23,16 @@ $(STAMP): requirements.txt pyproject.toml
 
 # Fingerprint the default model with DeepSpeed ZeRO-2, check retention and utility before/after.
 demo: venv
-	@start=$$(date +%s); set -e; \
+	@t0=$$(date +%s); set -e; \
 	test -f generated_data/demo_fingerprints.json || \
 	  $(BIN)/python generate_finetuning_data.py --config configs/fingerprint/demo_generate.yml; \
+	t1=$$(date +%s); \
 	$(BIN)/deepspeed --num_gpus $(NGPUS) finetune_multigpu.py --config configs/fingerprint/demo_finetune.yml; \
+	t2=$$(date +%s); \
 	$(BIN)/python check_fingerprints.py --config configs/fingerprint/demo_check.yml; \
-	echo "[demo] wall time $$(( $$(date +%s) - start )) s; fingerprints: generated_data/demo_fingerprints.json;" \
-	     "model: results/demo_run/final_model; report: results/demo_check.json"
+	t3=$$(date +%s); \
+	$(BIN)/python -m privlm.report demo results/demo_check.json generate=$$((t1-t0)) finetune=$$((t2-t1)) \
+	  check=$$((t3-t2))
 
 # The ownership test against innocent models: four fine-tunes of the default model on other fingerprint sets (random
 # words, one seed each) join the base model as the null; the demo's model is then checked with --ownership. Finished
@@ -104,6 +107,13 @@ bench: venv
 	$(BIN)/python benchmarks/scan_speed.py
 	$(BIN)/python benchmarks/scan_scale.py
 	$(BIN)/python benchmarks/fingerprint_capacity.py --num_fingerprints 32 128 512 1024   # hours on a CPU
+
+# Generated docs: the flag tables in docs/*.md from the parsers, docs/results.md from the JSON reports.
+docs: venv
+	$(BIN)/python -m privlm.docs
+
+results: venv
+	$(BIN)/python -m privlm.results
 
 clean:
 	rm -rf results generated_data/demo_fingerprints.json

@@ -14,6 +14,7 @@ Field metadata understood here:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -256,6 +257,27 @@ def _validate(cfg, problems: list[str]):
             _validate(sub, problems)
 
 
+class Captured(Exception):
+    """Raised by `parse` while `capture()` is active: carries the parser it built (privlm.docs lists its flags)."""
+
+    def __init__(self, parser):
+        super().__init__("parser captured")
+        self.parser = parser
+
+
+_CAPTURE = False
+
+
+@contextlib.contextmanager
+def capture():
+    global _CAPTURE
+    _CAPTURE = True
+    try:
+        yield
+    finally:
+        _CAPTURE = False
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse prints usage + exits 2; we want one line through UserError
         raise UserError(message)
@@ -293,6 +315,9 @@ def parse(cls, argv: list[str] | None = None, description: str = "", extra_args=
             kw.update(nargs="+")
         target.add_argument(*names, **kw)
     parser.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for nested sections)")
+    if _CAPTURE:
+        parser.config_class = cls
+        raise Captured(parser)
     args, unknown = parser.parse_known_args(argv)
 
     problems: list[str] = []

@@ -179,7 +179,45 @@ def audit_main(folder: Path) -> int:
     return 0
 
 
+def demo_main(argv: list[str]) -> int:
+    """`python -m privlm.report demo REPORT [PHASE=SECONDS ...]`: the demo's five-line summary, and its phases in
+    benchmarks/reports/demo_phases.json (the machine, the date, seconds per phase)."""
+    import datetime as dt
+    import os
+    import platform
+
+    report = Path(argv[0] if argv else "results/demo_check.json")
+    if not report.is_file():
+        print(f"error: no check report at {report} (run `make demo`)", file=sys.stderr)
+        return 2
+    r = json.loads(report.read_text())
+    phases = {k: int(v) for k, v in (a.split("=", 1) for a in argv[1:])}
+    t, h = r["per_template"], r["utility"]["heldout"]
+    png = report.with_suffix(".png")
+    lines = [
+        f"retention, training template: {fmt(t['trained']['retention'], t['trained']['retention_ci'])} of "
+        f"{r['num_fingerprints']} fingerprints; 10 held-out templates: "
+        f"{fmt(t['heldout']['retention'], t['heldout']['retention_ci'])}" if "heldout" in t else
+        f"retention: {fmt(r['retention'], r['retention_ci'])} of {r['num_fingerprints']} fingerprints",
+        f"held-out perplexity {h['heldout_ppl_base']:.2f} -> {h['heldout_ppl_after']:.2f}: ratio "
+        f"{fmt(h['heldout_ppl_ratio'], h['heldout_ppl_ratio_ci'], 4)} over {h['heldout_tokens']} tokens",
+        f"KL(base || fingerprinted): {fmt(h['kl_base_tuned'], h['kl_base_tuned_ci'], 4)} per token; base scores "
+        f"{'from the cache' if h.get('base_from_cache') else 'computed (and cached for the next run)'}",
+        f"wall time {sum(phases.values())} s (" + ", ".join(f"{k} {v} s" for k, v in phases.items()) + ")",
+        f"report {report}, figure {png}, model {r['model_path']}"]
+    print("[demo] " + "\n[demo] ".join(lines))
+    if phases:
+        cpu = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+        atomic_write_json(Path("benchmarks/reports/demo_phases.json"),
+                          {"date": dt.date.today().isoformat(), "machine": cpu, "wall_seconds": sum(phases.values()),
+                           "phases": phases, "base_from_cache": h.get("base_from_cache"),
+                           "heldout_tokens": h["heldout_tokens"]})
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "demo":
+        return demo_main(argv[1:])
     if argv and argv[0] == "dp":
         return dp_main(Path(argv[1] if len(argv) > 1 else "results"))
     if argv and argv[0] == "audit":

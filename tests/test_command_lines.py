@@ -1,4 +1,4 @@
-"""Command lines that cannot rot: every command in README.md's bash blocks, in every script's docstring and in every
+"""Command lines that cannot rot: every command in README.md's and docs/*.md's bash blocks, in every script's docstring and in every
 config's launch comment is parsed with its script's real parser (flags, YAML, overrides, validation), and every repo
 file it names must exist (or be made by an earlier command of the same block)."""
 from __future__ import annotations
@@ -37,9 +37,11 @@ def _strip_comment(line: str) -> str:
 
 
 def readme_blocks() -> list[tuple[str, list[str]]]:
-    blocks, text = [], (ROOT / "README.md").read_text()
-    for i, m in enumerate(re.finditer(r"```bash\n(.*?)```", text, re.S)):
-        blocks.append((f"README.md bash block {i + 1}", _join_continuations(m.group(1).splitlines())))
+    blocks = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        name = str(page.relative_to(ROOT))
+        for i, m in enumerate(re.finditer(r"```bash\n(.*?)```", page.read_text(), re.S)):
+            blocks.append((f"{name} bash block {i + 1}", _join_continuations(m.group(1).splitlines())))
     return blocks
 
 

@@ -1,0 +1,66 @@
+"""Docs that cannot drift: the flag tables are what the parsers accept (every flag of every entry point documented),
+every flag the prose names exists, the README stays a front page, and docs/results.md is what docs/results.json
+renders to (no figure typed by hand)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import ROOT
+from privlm import docs, results
+
+# flags of the tools around ours (the deepspeed launcher, dask, pip, coreutils) and the README's deliberate typo
+EXTERNAL = {"--hostfile", "--include", "--exclude", "--module", "--num_nodes", "--num_gpus", "--master_port",
+            "--master_addr", "--nthreads", "--no-deps", "--uniq", "--help", "--learnin_rate"}
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]")
+
+
+def _known() -> set[str]:
+    known = set(EXTERNAL)
+    for entry in docs.ENTRIES:
+        known |= set(docs.flags(entry))
+    # plain-argparse tools: the benchmarks, the audit's bound, the report, the docs themselves, the sweep script
+    for f in [*ROOT.glob("benchmarks/*.py"), ROOT / "launch_multigpu.sh", *ROOT.glob("privlm/**/*.py")]:
+        known |= set(re.findall(r"[\"'](--[a-z][a-z0-9_-]*[a-z0-9])", f.read_text()))
+    return known
+
+
+def _prose(path) -> str:
+    return docs.BLOCK.sub("", path.read_text())  # generated tables are checked by --check
+
+
+def test_generated_flag_tables_are_current():
+    assert docs.main(["--check"]) == 0, "run `make docs`"
+
+
+def test_every_entry_point_has_its_flag_table_and_every_flag_is_in_it():
+    text = "".join(p.read_text() for p in docs.pages())
+    for entry in docs.ENTRIES:
+        m = re.search(rf"<!-- flags: {re.escape(entry)} -->\n(.*?)<!-- /flags -->", text, re.S)
+        assert m, f"no flag table for {entry}"
+        for flag in docs.flags(entry):
+            assert f"`{flag}`" in m.group(1), (entry, flag)
+
+
+@pytest.mark.parametrize("page", ["README.md", *[f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md"))]])
+def test_every_flag_the_docs_name_exists(page):
+    unknown = sorted(set(FLAG.findall(_prose(ROOT / page))) - _known())
+    assert not unknown, f"{page} names flags no script accepts: {unknown}"
+
+
+def test_readme_is_a_front_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    for must in ("make demo", "make test", "docs/results.md", "docs/fingerprinting.md", "docs/private_finetuning.md",
+                 "docs/mosaic.md", "docs/seeds.md"):
+        assert must in readme, must
+    for link in re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)\)", readme):
+        assert (ROOT / link).is_file(), link
+
+
+def test_results_page_is_rendered_from_its_json():
+    data = results.load(ROOT / "docs" / "results.json")
+    assert (ROOT / "docs" / "results.md").read_text() == results.render(data), "run `make results`"
+    for fig in data["figures"]:
+        assert fig["source"] and re.fullmatch(r"[0-9a-f]{64}", fig["source_sha256"]), fig
