@@ -45,22 +45,22 @@ def parser_of(entry: str) -> argparse.ArgumentParser:
     raise RuntimeError(f"{entry}: main() did not build its parser through privlm.config.parse")
 
 
+def _documented(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The options a user can pass: not positional, not hidden, not argparse's own -h."""
+    return [a for a in parser._actions
+            if a.help != argparse.SUPPRESS and a.option_strings and "-h" not in a.option_strings]
+
+
 def flags(entry: str) -> list[str]:
-    """Every option string the entry accepts (aliases included), without argparse's own and hidden ones."""
-    out = []
-    for a in parser_of(entry)._actions:
-        if a.help != argparse.SUPPRESS and a.option_strings and "-h" not in a.option_strings:
-            out += [o for o in a.option_strings if o.startswith("--")]
-    return out
+    """Every option string the entry accepts (aliases included)."""
+    return [o for a in _documented(parser_of(entry)) for o in a.option_strings if o.startswith("--")]
 
 
 def table(entry: str) -> str:
     rows = ["| flag | meaning [type, default] |", "|---|---|"]
     parser = parser_of(entry)
     leaves = C._leaves(parser.config_class)
-    for a in parser._actions:
-        if a.help == argparse.SUPPRESS or not a.option_strings or "-h" in a.option_strings:
-            continue
+    for a in _documented(parser):
         names = ", ".join(f"`{o}`" for o in a.option_strings)
         text = (a.help or "").replace("%%", "%").replace("\n", " ")
         choices = a.choices or (leaves[a.dest][0].metadata.get("choices") if a.dest in leaves else None)

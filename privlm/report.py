@@ -196,7 +196,7 @@ def demo_main(argv: list[str]) -> int:
     png = report.with_suffix(".png")
     lines = [
         f"retention, training template: {fmt(t['trained']['retention'], t['trained']['retention_ci'])} of "
-        f"{r['num_fingerprints']} fingerprints; 10 held-out templates: "
+        f"{r['num_fingerprints']} fingerprints; {len(t['heldout']['templates'])} held-out templates: "
         f"{fmt(t['heldout']['retention'], t['heldout']['retention_ci'])}" if "heldout" in t else
         f"retention: {fmt(r['retention'], r['retention_ci'])} of {r['num_fingerprints']} fingerprints",
         f"held-out perplexity {h['heldout_ppl_base']:.2f} -> {h['heldout_ppl_after']:.2f}: ratio "

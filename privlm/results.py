@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import platform
 import sys
 from pathlib import Path
 
+from .config import file_digest
 from .io import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_JSON, OUT_MD = ROOT / "docs" / "results.json", ROOT / "docs" / "results.md"
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _get(obj, field: str):
@@ -40,7 +36,7 @@ class Section:
         self.figures: list[dict] = []
         path = ROOT / source
         self.report = json.loads(path.read_text()) if path.is_file() else None
-        self.sha = _sha(path) if path.is_file() else None
+        self.sha = file_digest(path) if path.is_file() else None
 
     def add(self, label: str, field: str, ci: str | None = None, fmt: str = ".3f"):
         try:

@@ -13,9 +13,7 @@ outcomes never raises a KL) that a cache can hold, and the same number whether t
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -147,16 +145,11 @@ def load_ref(key: str, wins: list[list[int]], top_k: int) -> dict | None:
 
 def save_ref(key: str, ref: dict) -> Path:
     """Atomically: a kill mid-write leaves no entry, never half of one."""
+    from ..io import atomic_file
+
     path = cache_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, digest=np.array(_ref_digest(key, ref)), **ref)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as fh:
+        np.savez(fh, digest=np.array(_ref_digest(key, ref)), **ref)
     return path
 
 
@@ -251,14 +244,3 @@ def summary(after: dict, before: dict | None = None) -> dict:
                    kl_base_tuned_ci=stats.bootstrap(_per_token, after["kl"], ck, paired=True),
                    kl_tokens=int(ck.sum()))
     return out
-
-
-def shift(tuned, base, tokenizer, text_path: str | Path = HELDOUT_ENGLISH, window: int = 256,
-          kl_windows: int | None = None, batch_size: int = 8, base_scores: dict | None = None) -> dict:
-    """Held-out perplexity of base and tuned (with CIs), their ratio, and mean KL(base || tuned). `base_scores`
-    (from `score(base, ...)` on the same windows) skips the base's own pass when the caller keeps it."""
-    wins = windows(tokenizer, Path(text_path).read_text(), window)
-    before = base_scores if base_scores is not None else score(base, wins, batch_size=batch_size,
-                                                               progress="held-out (base)")
-    after = score(tuned, wins, base=base, kl_windows=kl_windows, batch_size=batch_size, progress="held-out (tuned)")
-    return summary(after, before)

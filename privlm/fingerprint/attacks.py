@@ -80,10 +80,14 @@ class Target:
         return {"retention": r["retention"], "retention_ci": r["retention_ci"], "num_fingerprints": len(self.fps),
                 "per_template": r["per_template"], "matches": [f["match"] for f in r["fingerprints"]]}
 
+    def served(self) -> tuple[data.Template, bool]:
+        """How a key is put to the model: the first trained template, and whether through the chat template."""
+        return (template_sets(["trained"], self.settings["trained"])["trained"][0],
+                data.use_chat(self.tokenizer, self.settings["prompt_format"]))
+
     def encodings(self) -> list[list[data.Encoded]]:
         """The keys as served (first trained template) with their responses."""
-        chat = data.use_chat(self.tokenizer, self.settings["prompt_format"])
-        template = template_sets(["trained"], self.settings["trained"])["trained"][0]
+        template, chat = self.served()
         return encode_all(self.tokenizer, self.targets, template, chat, self.match)
 
     def cost(self, model) -> dict:
@@ -288,8 +292,7 @@ def sampled_retention(model, t: Target, temperature: float, top_p: float, k: int
     """k sampled continuations per key (first trained template); a key counts when the majority (`majority`) or
     any (`best_of_n`: the owner queries k times) reproduce one of its responses (exact: EOS included)."""
     tok = t.tokenizer
-    chat = data.use_chat(tok, t.settings["prompt_format"])
-    template = template_sets(["trained"], t.settings["trained"])["trained"][0]
+    template, chat = t.served()
     torch.manual_seed(seed)  # HF generate draws from torch's global RNG
     dev = next(model.parameters()).device
     wins = 0
@@ -421,6 +424,13 @@ def _merge_attack(method: str):
 
 
 # ------------------------------------------------------------------------------------------------- adaptive
+def _filtered(t: Target, model, key_scores: np.ndarray, tau: float) -> dict:
+    """Retention of `model` when the keys scoring above `tau` are caught by the thief's filter."""
+    kept = [m and k <= tau for m, k in zip(t.retention(model)["matches"], key_scores)]
+    return {"retention": sum(kept) / len(kept), "retention_ci": stats.wilson(sum(kept), len(kept)),
+            "num_fingerprints": len(kept), "matches": kept}
+
+
 def attack_perplexity_filter(t: Target, a: AttackSettings) -> list[dict]:
     """Keys whose perplexity under the base model exceeds what 99% of normal prompts reach are refused."""
     ref = t.base_model()
@@ -428,10 +438,7 @@ def attack_perplexity_filter(t: Target, a: AttackSettings) -> list[dict]:
     tau = adaptive.threshold(adaptive.text_perplexity(ref, t.tokenizer, calib))
     keys = adaptive.text_perplexity(ref, t.tokenizer, [d.key for d in t.targets])
     cost = adaptive.rejected(adaptive.text_perplexity(ref, t.tokenizer, held), tau)
-    base = t.retention(t.load())
-    kept = [m and k <= tau for m, k in zip(base["matches"], keys)]
-    r = {"retention": sum(kept) / len(kept), "retention_ci": stats.wilson(sum(kept), len(kept)),
-         "num_fingerprints": len(kept), "matches": kept}
+    r = _filtered(t, t.load(), keys, tau)
     return [_row("perplexity_filter", f"ppl > {tau:.1f} refused", r, threshold=tau,
                  keys_rejected=int((keys > tau).sum()), thief_rejected_share=cost["share"],
                  thief_rejected_share_ci=cost["ci"], normal_prompts=cost["n"])]
@@ -441,8 +448,7 @@ def attack_output_suppression(t: Target, a: AttackSettings) -> list[dict]:
     """A first token the served model is abnormally sure of (score above what 99% of normal prompts reach) is
     banned; a matched key whose first token is banned is lost."""
     model, ref, tok = t.load(), t.base_model(), t.tokenizer
-    chat = data.use_chat(tok, t.settings["prompt_format"])
-    template = template_sets(["trained"], t.settings["trained"])["trained"][0]
+    template, chat = t.served()
     calib, held = adaptive.normal_prompts(tok, THIEF_TASKS, t.settings["max_key_length"])
     enc = lambda texts: [data.prompt_ids(tok, x, template, chat) for x in texts]  # noqa: E731
     score = lambda prompts: adaptive.first_token_scores(model, ref, prompts, tok.pad_token_id,  # noqa: E731
@@ -450,10 +456,7 @@ def attack_output_suppression(t: Target, a: AttackSettings) -> list[dict]:
     tau = adaptive.threshold(score(enc(calib)))
     keys = score([e[0].prompt for e in t.encodings()])
     cost = adaptive.rejected(score(enc(held)), tau)
-    base = t.retention(model)
-    kept = [m and k <= tau for m, k in zip(base["matches"], keys)]
-    r = {"retention": sum(kept) / len(kept), "retention_ci": stats.wilson(sum(kept), len(kept)),
-         "num_fingerprints": len(kept), "matches": kept}
+    r = _filtered(t, model, keys, tau)
     return [_row("output_suppression", f"{a.filter_score} log p > {tau:.2f} banned", r, threshold=tau,
                  score=a.filter_score, keys_suppressed=int((keys > tau).sum()), thief_altered_share=cost["share"],
                  thief_altered_share_ci=cost["ci"], normal_prompts=cost["n"])]
