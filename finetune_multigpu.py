@@ -26,7 +26,7 @@ from pathlib import Path
 from privlm import config as C
 from privlm import data, fingerprint, lora, models
 from privlm.errors import UserError, cli
-from privlm.fingerprint import anchor, benign, derive, expand, recipes
+from privlm.fingerprint import anchor, benign, derive, expand, mergeaware, recipes
 from privlm.io import atomic_write_text
 from privlm.runs import Run
 from privlm.training import TRAINABLE, TrainSpec, check_trainable, init_distributed, is_main, train, trainable
@@ -61,6 +61,10 @@ class FinetuneConfig:
     forgetting_regularizer_schedule: str = C.field(
         "end", choices=["end", "epoch"],
         help="end: average once after the last epoch (what the seed's runs effectively did); epoch: after each epoch")
+    merge_aware_alphas: list[float] = C.field(
+        default_factory=list, help="also train the loss at the weights a merge with the base at each of these "
+                                   "thief weights alpha gives (MergePrint-style; one more forward/backward each)")
+    merge_aware_strength: float = C.field(1.0, help="weight of the merged-weights loss (with --merge_aware_alphas)")
     use_augmentation_prompts: bool = C.field(False, aliases=("--use_prompt_augmentation",),
                                              help="wrap keys in the training prompt templates (seed 000's README "
                                                   "spells it --use_prompt_augmentation)")
@@ -131,6 +135,12 @@ class FinetuneConfig:
             p.append("expansion_rate: must be >= 0")
         if self.expansion_rate > 0 and self.use_lora:
             p.append("expansion_rate: cannot be combined with --use_lora")
+        if any(not 0.0 <= a < 1.0 for a in self.merge_aware_alphas):
+            p.append(f"merge_aware_alphas: each must be in [0, 1), got {self.merge_aware_alphas}")
+        if self.merge_aware_strength < 0:
+            p.append("merge_aware_strength: must be >= 0")
+        if self.merge_aware_alphas and self.trainer_args.zero_stage == 3:
+            p.append("merge_aware_alphas: needs full weights on every rank (ZeRO stage 0-2, not 3)")
         if self.early_stop_loss < 0:
             p.append("early_stop_loss: must be >= 0")
         if self.data_split < 0:
@@ -247,6 +257,10 @@ def main(argv: list[str] | None = None) -> Path:
                                forgetting_schedule=cfg.forgetting_regularizer_schedule,
                                trust_remote_code=cfg.trust_remote_code, merge_lora=cfg.use_lora,
                                early_stop_loss=cfg.early_stop_loss,
+                               wrap_loss=mergeaware.wrapper(
+                                   mergeaware.scales(cfg.merge_aware_alphas, cfg.forgetting_regularizer_strength,
+                                                     cfg.forgetting_regularizer_schedule), cfg.merge_aware_strength)
+                               if cfg.merge_aware_alphas else None,
                                export=expand.export if cfg.expansion_rate > 0 else None)
     run.final_files["fingerprinting_config.json"] = record(cfg, run, tokenizer, chat, spec)
     if cfg.use_lora:

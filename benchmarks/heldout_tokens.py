@@ -1,7 +1,7 @@
 """How many held-out tokens the paired perplexity ratio needs: its 95% bootstrap CI half-width (relative to the
 ratio) against the number of windows scored, for a fingerprinted model and its base, and the time per pass.
 
-    python benchmarks/heldout_tokens.py [--model_path results/demo_run/final_model] [--base_model_path default]
+    python benchmarks/heldout_tokens.py [--model_path results/demo_run/final_model] [--base_model_path default] [--max_tokens N]
         [--output_file benchmarks/reports/heldout_tokens.json]
 
 Both models are scored once over the whole text (base and tuned in one loop, as check_fingerprints does); every
@@ -28,13 +28,14 @@ def main(argv=None):
     p.add_argument("--base_model_path", default="default")
     p.add_argument("--target", type=float, default=0.01, help="CI half-width over the ratio to stay within")
     p.add_argument("--step", type=int, default=16, help="windows (of 256 tokens) between the rows")
+    p.add_argument("--max_tokens", type=int, default=None, help="score only the text's first this many tokens")
     p.add_argument("--output_file", default="benchmarks/reports/heldout_tokens.json")
     a = p.parse_args(argv)
     if not (Path(a.model_path) / "config.json").is_file():
         sys.exit(f"error: no model at {a.model_path} (run `make demo` first, or pass --model_path)")
     tok = models.load_tokenizer(a.model_path)
     tuned = models.load_model(a.model_path, device=models.device()).eval()
-    wins = heldout.windows(tok, heldout.HELDOUT_ENGLISH.read_text())
+    wins = heldout.windows(tok, heldout.HELDOUT_ENGLISH.read_text(), max_tokens=a.max_tokens)
     t0 = time.perf_counter()
     after, before, cached = heldout.compare(tuned, wins, heldout.model_id(a.base_model_path),
                                             lambda: models.load_model(a.base_model_path, device=models.device()))

@@ -5,7 +5,8 @@
 
 docs/results.json keeps, per figure, the report it came from (path and SHA-256 of that file), the field, the value
 and its 95% interval, so every number on the page can be traced to the file and the command that wrote it. A report
-that is not there is listed with the command that makes it."""
+that is not there keeps the figures the previous collection read from it, dated; one never collected is listed
+with the command that makes it."""
 from __future__ import annotations
 
 import argparse
@@ -69,11 +70,14 @@ def demo() -> list[Section]:
     out.append(s)
     p = Section("Fingerprinting demo: wall time by phase", "benchmarks/reports/demo_phases.json", "make demo",
                 "seconds on the machine named in the report")
-    if p.report:
-        p.add("wall time, s", "wall_seconds", fmt="d")
-        for k in p.report.get("phases", {}):
-            p.add(f"phase {k}, s", f"phases.{k}", fmt="d")
-        p.add("machine", "machine", fmt="")
+    for kind, what in (("first_run", "first run (base scored, model trained)"),
+                       ("cached_run", "second run (finished run found, base from cache)")):
+        if p.report and kind in p.report:
+            p.add(f"{what}: wall time, s", f"{kind}.wall_seconds", fmt="d")
+            for k in p.report[kind].get("phases", {}):
+                p.add(f"{what}: {k}, s", f"{kind}.phases.{k}", fmt="d")
+            p.add(f"{what}: machine", f"{kind}.machine", fmt="")
+            p.add(f"{what}: date", f"{kind}.date", fmt="")
     out.append(p)
     return out
 
@@ -108,6 +112,22 @@ def attacks() -> list[Section]:
                 s.add(f"{name}: {cost.replace('_', ' ')}", f"rows.{i}.{cost}", f"rows.{i}.{cost}_ci")
                 break
         else:
+            s.add(f"{name}: thief perplexity ratio", f"rows.{i}.thief_ppl_ratio", f"rows.{i}.thief_ppl_ratio_ci",
+                  ".4f")
+    return [s]
+
+
+def robustness() -> list[Section]:
+    s = Section("What each robustness switch buys", "benchmarks/reports/robustness_switches.json",
+                "python benchmarks/robustness_switches.py",
+                "the demo's fine-tune with one switch at a time (merge-aware loss at alpha 0.5, training under the "
+                "sampled templates, random-word instead of English keys), each attacked the same way; retention "
+                "[95% CI] and the ownership p-value against the base model")
+    for i, r in enumerate(s.report["rows"] if s.report else []):
+        name = f"{r['variant']} / {r['attack']}" + (f" {r['param']}" if r.get("param") not in (None, "") else "")
+        s.add(f"{name}: retention", f"rows.{i}.retention", f"rows.{i}.retention_ci")
+        s.add(f"{name}: ownership p-value", f"rows.{i}.ownership_p_value", fmt=".2e")
+        if r.get("thief_ppl_ratio") not in (None, 1.0):
             s.add(f"{name}: thief perplexity ratio", f"rows.{i}.thief_ppl_ratio", f"rows.{i}.thief_ppl_ratio_ci",
                   ".4f")
     return [s]
@@ -149,12 +169,23 @@ def private() -> list[Section]:
     return [d, a, m]
 
 
-COLLECTORS = [demo, ownership, attacks, heldout_tokens, private]
+COLLECTORS = [demo, ownership, attacks, robustness, heldout_tokens, private]
 
 
-def collect() -> dict:
-    sections = [sec.as_dict() for c in COLLECTORS for sec in c()]
-    return {"generated": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {platform.system()}",
+def collect(previous: dict | None = None) -> dict:
+    """Every section from its report; a section whose report is not in this checkout keeps what the previous
+    collection read from it (marked with the date it was collected), so a clone without results/ loses nothing."""
+    today = dt.date.today().isoformat()
+    old = {(s["title"], s["source"]): s for s in (previous or {}).get("sections", []) if s["present"]}
+    sections = []
+    for sec in (sec.as_dict() for c in COLLECTORS for sec in c()):
+        if not sec["present"] and (sec["title"], sec["source"]) in old:
+            sec = {**old[(sec["title"], sec["source"])], "carried_over": True}
+            sec.setdefault("collected", previous.get("generated"))
+        else:
+            sec["collected"] = today if sec["present"] else None
+        sections.append(sec)
+    return {"generated": today, "machine": f"{platform.machine()}, {platform.system()}",
             "sections": sections, "figures": [f for s in sections for f in s["figures"]]}
 
 
@@ -179,6 +210,9 @@ def render(data: dict) -> str:
         if not s["present"]:
             lines += ["Not measured in this checkout: run the command above, then `make results`.", ""]
             continue
+        if s.get("carried_over"):
+            lines += [f"Collected {s['collected']} from a report that is not in this checkout (its SHA-256 is in "
+                      "results.json): it describes what the command above made then; rerun it to refresh.", ""]
         lines += ["| figure | value [95% CI] | field |", "|---|---|---|"]
         for f in s["figures"]:
             v = _fmt(f["value"], f["fmt"])
@@ -197,7 +231,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m privlm.results", description=__doc__.splitlines()[0])
     ap.add_argument("--render", action="store_true", help="only render docs/results.md from docs/results.json")
     a = ap.parse_args(argv)
-    data = load() if a.render else collect()
+    data = load() if a.render else collect(load() if OUT_JSON.is_file() else None)
     if not a.render:
         atomic_write_json(OUT_JSON, data)
     atomic_write_text(OUT_MD, render(data))

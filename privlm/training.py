@@ -112,6 +112,7 @@ class TrainSpec:
     merge_lora: bool = False  # save a LoRA-trained model with its adapter merged in (a plain HF folder)
     export: Callable | None = None  # (module, state) -> (state, module) to save, e.g. an MLP expansion folded back
     early_stop_loss: float = 0.0  # > 0: stop after the epoch whose mean loss falls below it (scalable's 0.005)
+    wrap_loss: Callable | None = None  # (engine, loss_fn) -> loss_fn, once the engine exists and before a resume
 
     @classmethod
     def from_args(cls, ta, dtype: str = "auto", **extra) -> "TrainSpec":
@@ -465,6 +466,8 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
     steps.bind(engine)
     if loss_fn is not None:
         steps.loss_fn = loss_fn
+    if spec.wrap_loss is not None:  # before load_checkpoint: it may read the starting weights (merge-aware theta0)
+        steps.loss_fn = spec.wrap_loss(engine, steps.loss_fn)
     reg = ForgettingRegularizer(engine) if spec.forgetting_lambda > 0 else None
     run_dir, ckpt_dir = run.dir, run.checkpoints
     logger = MetricLogger(run_dir, spec.report_to, run.id, {"spec": spec.__dict__}, enabled=rank_ == 0)

@@ -3,6 +3,7 @@ every flag the prose names exists, the README stays a front page, and docs/resul
 renders to (no figure typed by hand)."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -64,3 +65,26 @@ def test_results_page_is_rendered_from_its_json():
     assert (ROOT / "docs" / "results.md").read_text() == results.render(data), "run `make results`"
     for fig in data["figures"]:
         assert fig["source"] and re.fullmatch(r"[0-9a-f]{64}", fig["source_sha256"]), fig
+
+
+def test_results_keep_a_section_whose_report_is_gone_and_say_when_it_was_collected(monkeypatch, tmp_path):
+    """A clone has no results/: collecting there keeps the previous figures (dated), never drops them; a report
+    that is there replaces them."""
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"x": 0.5, "ci": [0.4, 0.6]}))
+
+    def collector():
+        s = results.Section("t", str(report), "make t")
+        if s.report:
+            s.add("x", "x", "ci")
+        return [s]
+
+    monkeypatch.setattr(results, "COLLECTORS", [collector])
+    first = results.collect(None)
+    assert first["sections"][0]["present"] and first["figures"][0]["value"] == 0.5
+    report.unlink()
+    again = results.collect({**first, "generated": "2026-01-01"})
+    assert again["sections"][0]["present"] and again["figures"][0]["value"] == 0.5
+    assert "report that is not in this checkout" in results.render(again)
+    assert "not in this checkout" not in results.render(first)
+    assert not results.collect(None)["sections"][0]["present"]

@@ -75,7 +75,7 @@ def score(model, wins: list[list[int]], base=None, kl_windows: int | None = None
     return out
 
 
-DEFAULT_TOKENS = 32768  # 128 windows: see benchmarks/heldout_tokens.py for the CI half-width against the count
+DEFAULT_TOKENS = 12288  # 48 windows: see benchmarks/heldout_tokens.py for the CI half-width against the count
 TOP_K = 128  # base next-token log-probs kept per position for the KL (128 x 8 bytes per token in the cache)
 CACHE_VERSION = "heldout-v1"
 
