@@ -1,8 +1,8 @@
 """How many held-out tokens the paired perplexity ratio needs: its 95% bootstrap CI half-width (relative to the
 ratio) against the number of windows scored, for a fingerprinted model and its base, and the time per pass.
 
-    python benchmarks/heldout_tokens.py [--model_path results/demo_run/final_model] [--base_model_path default] [--max_tokens N]
-        [--output_file benchmarks/reports/heldout_tokens.json]
+    python benchmarks/heldout_tokens.py [--model_path results/demo_run/final_model] [--base_model_path default]
+        [--max_tokens N] [--output_file benchmarks/reports/heldout_tokens.json]
 
 Both models are scored once over the whole text (base and tuned in one loop, as check_fingerprints does); every
 prefix of 16, 32, ... windows is then bootstrapped from those per-window scores, because check_fingerprints'

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -75,22 +74,20 @@ def main(argv=None):
             sh([py, "attack_fingerprints.py", "--model_path", str(link / "final_model"), "--attacks", *ATTACKS,
                 "--merge_alphas", *a.merge_alphas, "--heldout_tokens", a.heldout_tokens,
                 "--output_file", str(report)], log)
-        got = json.loads(report.read_text())
-        for r in got["rows"] if isinstance(got, dict) else got:
+        for r in json.loads(report.read_text())["rows"]:
             rows.append({"variant": name, "flags": " ".join(flags) or "(demo)", **{
                 k: r.get(k) for k in ("attack", "param", "retention", "retention_ci", "matched", "num_fingerprints",
                                       "ownership_p_value", "thief_ppl_ratio", "thief_ppl_ratio_ci",
                                       "thief_rejected_share", "thief_rejected_share_ci", "thief_altered_share",
                                       "thief_altered_share_ci")}})
         timing[name] = {"finetune_s": round(t1 - t0, 1), "attacks_s": round(time.time() - t1, 1)}
-        print(f"[robustness] {name}: " + ", ".join(f"{r['attack']}{'' if r['param'] in (None, '') else ' ' + str(r['param'])}"
-                                                   f" {r['retention']:.3f}" for r in rows if r["variant"] == name),
-              flush=True)
+        mine = [r for r in rows if r["variant"] == name]
+        print(f"[robustness] {name}: " + ", ".join(f"{r['attack']} {r['param'] or ''} {r['retention']:.3f}"
+                                                   for r in mine), flush=True)
     out = {"date": time.strftime("%Y-%m-%d"), "config": "configs/fingerprint/demo_finetune.yml",
            "attacks": ATTACKS, "merge_alphas": a.merge_alphas, "timing": timing, "rows": rows}
     atomic_write_json(ROOT / a.output_file, out)
     print(json.dumps(out))
-    shutil.rmtree(work / "tmp", ignore_errors=True)
 
 
 if __name__ == "__main__":
