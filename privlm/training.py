@@ -414,7 +414,7 @@ class PlainSteps:
             losses.append(loss.item())
         return sum(losses) / len(losses)
 
-    def state(self) -> dict:
+    def state(self, brief: bool = False) -> dict:
         return {}
 
     def load_state(self, state: dict):
@@ -518,7 +518,7 @@ def train(model_path: str, dataset, collate_fn: Callable, spec: TrainSpec, run, 
             torch.distributed.all_reduce(mean)
             mean /= world
         history.append({"epoch": epoch + 1, "loss": mean.item(), "lr": engine.get_lr()[0],
-                        "elapsed_s": elapsed(), **steps.state()})
+                        "elapsed_s": elapsed(), **steps.state(brief=True)})
         last = epoch + 1 == epochs
         if spec.early_stop_loss and history[-1]["loss"] < spec.early_stop_loss and not last:
             last = True  # scalable fingerprinting's early stop: the fingerprints are learnt

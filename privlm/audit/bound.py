@@ -5,12 +5,24 @@ m canaries, each in the training set by an independent fair coin; the auditor gu
 v guesses are right. Under (eps, delta)-DP, P[V >= v] <= P[Binomial(r, q) >= v] + 2 m delta alpha, with
 q = e^eps / (1 + e^eps) and alpha = max_{i=1..v} P[v - i <= Binomial(r, q) < v] / i. The bound is the largest eps
 this p-value rejects at confidence c: p-value(eps) < 1 - c. With delta = 0 it is the binomial-tail inversion.
+
+The f-DP bound (Mahloujifar, Melis and Chaudhuri 2024, "Auditing f-differential privacy in one run", Theorem 9 /
+their Algorithm with abstentions) reads the same (m, r, v) against a whole trade-off curve f instead of one
+(eps, delta) pair: going down from i = v, h_i = max(h_{i+1}, f(1 - r_{i+1})) and
+r_i = r_{i+1} + i / (r - i) (h_i - h_{i+1}), started at r_v = tau (r / m) v / r and h_v = tau (r / m) (r - v) / r with
+tau = 1 - c; f is rejected when r_0 + h_0 > r / m. For the Gaussian family G_mu (what DP-SGD is, to a CLT
+approximation) the largest rejected mu is the bound, reported as the eps of mu-GDP at the delta asked for: a bound
+on the Gaussian trade-off the run claims, as strong as (usually stronger than) eps_delta where the run is
+Gaussian-like, and not a bound against an arbitrary (eps, delta) mechanism. Both come side by side in `bounds`.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
+METHODS = ("eps_delta", "fdp")
+REFERENCE_DELTA = 1e-5  # the delta the literature reports at, beside the run's own
 
 from ..errors import UserError
 
@@ -90,3 +102,102 @@ def audit(scores, members, delta: float, confidence: float = 0.95) -> dict:
                                                                                                      per)})
     best = max(rows, key=lambda x: x["epsilon_lower_bound"])
     return {**best, "grid": rows, "confidence_per_grid_point": per}
+
+
+def gaussian_tradeoff(mu: float):
+    """G_mu(a) = Phi(Phi^-1(1 - a) - mu): the type II error of the best test at type I error a, for mu-GDP."""
+    from scipy.special import ndtr, ndtri
+
+    return lambda a: float(ndtr(ndtri(1.0 - a) - mu))
+
+
+def pure_dp_tradeoff(eps: float):
+    """f(a) = max(0, 1 - e^eps a, e^-eps (1 - a)): the trade-off curve of (eps, 0)-DP."""
+    return lambda a: max(0.0, 1.0 - math.exp(eps) * a, math.exp(-eps) * (1.0 - a))
+
+
+def fdp_rejects(m: int, r: int, v: int, f, confidence: float) -> bool:
+    """Whether v correct of r guesses (of m canaries) is too many for a mechanism with trade-off curve f, at
+    `confidence` (the recursion in the module docstring)."""
+    if v == 0 or r == 0:
+        return False
+    tau = (1.0 - confidence) * r / m
+    rr, h = tau * v / r, tau * (r - v) / r
+    for i in range(v - 1, -1, -1):
+        h_next = max(h, f(1.0 - rr))
+        rr, h = rr + i / (r - i) * (h_next - h), h_next
+        if rr + h > r / m:  # both only grow as i falls: rejected already (and f stays on [0, 1])
+            return True
+    return False
+
+
+def gdp_delta(mu: float, eps: float) -> float:
+    """delta(eps) of mu-GDP: Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2), in log space for large eps."""
+    from scipy.special import log_ndtr, ndtr
+
+    if mu <= 0:
+        return 0.0
+    return float(ndtr(-eps / mu + mu / 2) - math.exp(eps + log_ndtr(-eps / mu - mu / 2)))
+
+
+def gdp_epsilon(mu: float, delta: float) -> float:
+    """The eps at which mu-GDP is (eps, delta)-DP (0 when delta(0) <= delta already)."""
+    from scipy.optimize import brentq
+
+    if mu <= 0 or gdp_delta(mu, 0.0) <= delta:
+        return 0.0
+    hi = 1.0
+    while gdp_delta(mu, hi) > delta:
+        hi *= 2
+    return float(brentq(lambda e: gdp_delta(mu, e) - delta, 0.0, hi, xtol=1e-10))
+
+
+def fdp_mu_lower_bound(m: int, r: int, v: int, confidence: float = 0.95, mu_max: float = 50.0) -> float:
+    """The largest mu for which mu-GDP is rejected (bisection: a larger mu is never easier to reject)."""
+    validate(m, r, v, 0.0, confidence)
+    if not fdp_rejects(m, r, v, gaussian_tradeoff(1e-9), confidence):
+        return 0.0
+    lo, hi = 0.0, mu_max
+    if fdp_rejects(m, r, v, gaussian_tradeoff(hi), confidence):
+        return hi
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if fdp_rejects(m, r, v, gaussian_tradeoff(mid), confidence):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def bounds(scores, members, deltas, confidence: float = 0.95) -> list[dict]:
+    """Both bounds at each delta in `deltas`, each the best over the guess grid at the union-bound confidence:
+    [{method, delta, confidence, epsilon_lower_bound, num_guesses, num_correct, (mu_lower_bound)}]."""
+    scores, members = np.asarray(scores, dtype=float), np.asarray(members, dtype=bool)
+    m = len(scores)
+    order = np.argsort(-scores, kind="stable")
+    grid = guess_grid(m)
+    per = 1.0 - (1.0 - confidence) / len(grid)
+    guesses = []
+    for k in grid:
+        top, bottom = order[:k // 2], order[m - k // 2:] if k // 2 else order[:0]
+        guesses.append((len(top) + len(bottom), int(members[top].sum() + (~members[bottom]).sum())))
+    mus = [fdp_mu_lower_bound(m, r, v, per) for r, v in guesses]
+    out = []
+    for delta in deltas:
+        eps = [epsilon_lower_bound(m, r, v, delta, per) for r, v in guesses]
+        i = int(np.argmax(eps))
+        out.append({"method": "eps_delta", "delta": delta, "confidence": confidence, "epsilon_lower_bound": eps[i],
+                    "num_guesses": guesses[i][0], "num_correct": guesses[i][1]})
+        j = int(np.argmax(mus))
+        out.append({"method": "fdp", "delta": delta, "confidence": confidence,
+                    "epsilon_lower_bound": gdp_epsilon(mus[j], delta), "mu_lower_bound": mus[j],
+                    "num_guesses": guesses[j][0], "num_correct": guesses[j][1]})
+    return out
+
+
+def verdict(epsilon_lb: float, epsilon: float | None) -> str:
+    """undefended (no accountant), violated (the audit proves more leakage than the accountant allows), else
+    consistent."""
+    if epsilon is None:
+        return "undefended"
+    return "violated" if epsilon_lb > epsilon else "consistent"

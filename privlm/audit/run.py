@@ -22,15 +22,25 @@ from .. import models, stats
 from ..dp.finetune import DPFinetuneConfig  # noqa: F401 (the config this entry point parses; tests find it here)
 from ..errors import UserError
 from ..io import atomic_write_json, atomic_write_text
-from . import bound
+from . import bound, whitebox
 
 
 def audit_args(parser):
     g = parser.add_argument_group("audit")
     g.add_argument("--num_canaries", type=int, default=1000, help="m: canaries, each in training with prob. 1/2")
     g.add_argument("--canary_length", type=int, default=32, help="words per random canary (tokens for mosaic)")
-    g.add_argument("--canary_kind", choices=["random", "mosaic"], default="random",
-                   help="random words, or mosaic canaries sampled from the base model")
+    g.add_argument("--threat_model", choices=["blackbox", "whitebox"], default="blackbox",
+                   help="blackbox: text canaries scored by an MIA on the trained model; whitebox: gradient canaries "
+                        "inserted into DP-SGD, scored on the released noised gradient sums")
+    g.add_argument("--canary_kind", choices=["random", "mosaic", "crafted"], default="random",
+                   help="black-box canaries: random words, mosaic canaries sampled from the base model, or crafted "
+                        "(rare-token sequences the base model has no prior on; score calibrated per canary)")
+    g.add_argument("--crafted_tokens", choices=["rare", "uniform"], default="rare",
+                   help="crafted canaries: tokens from the base model's least likely (rare) or any (uniform)")
+    g.add_argument("--canary_gradient", choices=list(whitebox.KINDS), default="dirac",
+                   help="white-box canaries: one coordinate each (dirac) or random unit directions")
+    g.add_argument("--whitebox_score", choices=list(whitebox.SCORES), default="llr",
+                   help="white-box score: the subsampled Gaussian's per-step likelihood ratio, or the plain sum")
     g.add_argument("--canary_repeats", type=int, default=1, help="copies of each included canary in training")
     g.add_argument("--attack", default="loss", help="MIA score (a registered attack: loss, ratio, zlib, min_k, ...)")
     g.add_argument("--reference_model", default=None, help="for reference attacks (default: the base model)")
@@ -53,6 +63,19 @@ def validate(cfg, a) -> None:
         check_names([a.attack])
     except UserError as e:
         problems.append(f"--attack: {e}")
+    if a.threat_model == "whitebox":
+        if not cfg.dp and "privacy.max_grad_norm_dp" not in cfg.explicit:
+            problems.append("--threat_model whitebox: an undefended run must name the clipping norm the canary "
+                            "gradients are scaled to (--max_grad_norm_dp / --clip)")
+        if cfg.privacy.max_grad_norm_dp <= 0:
+            problems.append("--threat_model whitebox: needs a clipping norm > 0 (--max_grad_norm_dp)")
+        if cfg.trainer_args.zero_stage == 3:
+            problems.append("--threat_model whitebox: ZeRO-3 shards the noised sum; use deepspeed stage 0-2")
+        if cfg.privacy.sampling != "poisson":
+            problems.append("--threat_model whitebox: canaries are Poisson sampled; use privacy.sampling poisson")
+    elif a.canary_kind != "mosaic" and a.canary_length + 2 > cfg.model.tokenizer_max_length:
+        problems.append(f"--canary_length {a.canary_length}: a canary must fit tokenizer_max_length "
+                        f"{cfg.model.tokenizer_max_length} (its tokens would be cut off)")
     if cfg.dataset.prompt_style != "uncond_generation":
         problems.append("dataset.prompt_style: the audit plants canaries as plain texts (uncond_generation)")
     if problems:
@@ -63,15 +86,26 @@ def audit_dir(cfg, a) -> Path:
     ta = cfg.trainer_args
     if ta.output_dir:
         return Path(ta.output_dir)
-    settings = {k: getattr(a, k) for k in ("num_canaries", "canary_length", "canary_kind", "canary_repeats")}
+    keys = ("num_canaries", "threat_model", "canary_gradient") if a.threat_model == "whitebox" else \
+        ("num_canaries", "canary_length", "canary_kind", "canary_repeats", "crafted_tokens")
+    settings = {k: getattr(a, k) for k in keys}
     return Path(ta.results_dir) / "audits" / C.run_hash(cfg, settings)
 
 
 def make_canaries(cfg, a, rng: np.random.Generator) -> list[dict]:
     """[{id, text, member}] with members drawn by fair coins from `rng`."""
-    tok = models.load_tokenizer(cfg.model.model_path)
     m = a.num_canaries
-    if a.canary_kind == "random":
+    if a.threat_model == "whitebox":  # directions come from one secret seed, kept with the coins
+        seed = int(rng.integers(2**62))
+        coins = rng.integers(0, 2, m).astype(bool)
+        return [{"id": i, "gradient": a.canary_gradient, "seed": seed, "member": bool(c)} for i, c in enumerate(coins)]
+    tok = models.load_tokenizer(cfg.model.model_path)
+    if a.canary_kind == "crafted":
+        from .crafted import crafted_texts
+
+        texts = crafted_texts(cfg.model.model_path, tok, m, a.canary_length, a.crafted_tokens, rng,
+                              dtype=cfg.model.dtype)
+    elif a.canary_kind == "random":
         vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
         words = sorted({t[1:] for t in vocab if t and t[0] in "Ġ▁" and t[1:].isalpha() and t[1:].islower()
                         and len(t) > 3})
@@ -115,8 +149,7 @@ def load_or_make_canaries(path: Path, cfg, a, fresh: bool) -> tuple[list[dict], 
 def main(argv: list[str] | None = None) -> dict:
     import os
 
-    from ..dp.finetune import front_door, load_data, load_trained, logical_batch, run
-    from ..dp.plan import run_delta
+    from ..dp.finetune import front_door, load_data, logical_batch, run
     from ..training import barrier, init_distributed, is_main
 
     cfg, a = C.parse(DPFinetuneConfig, argv, __doc__, extra_args=audit_args)
@@ -127,10 +160,15 @@ def main(argv: list[str] | None = None) -> dict:
     if several_ranks:  # launched on several ranks: they share rank 0's secret coins
         init_distributed()
     canaries, new = load_or_make_canaries(out / "canaries.jsonl", cfg, a, fresh=overwrite)
+    white = a.threat_model == "whitebox"
     field = cfg.dataset.text_field
-    planted = [{field: c["text"]} for c in canaries if c["member"] for _ in range(a.canary_repeats)]
+    planted = [] if white else [{field: c["text"]} for c in canaries if c["member"] for _ in range(a.canary_repeats)]
+    gradients = whitebox.GradientCanaries([c["member"] for c in canaries], canaries[0]["gradient"],
+                                          canaries[0]["seed"]) if white else None
     cfg.trainer_args.total_train_batch_size = logical_batch(cfg)
-    front_door(cfg, len(load_data(cfg.dataset)[0]) + len(planted))  # refuse bad privacy settings before writing
+    n_members = sum(c["member"] for c in canaries)
+    # refuse bad privacy settings before writing
+    front_door(cfg, len(load_data(cfg.dataset)[0]) + (n_members if white else len(planted)))
     if new and is_main():
         if overwrite and out.exists():
             import shutil
@@ -142,47 +180,89 @@ def main(argv: list[str] | None = None) -> dict:
         barrier()
     cfg.trainer_args.output_dir = str(out / "train")
     cfg.trainer_args.overwrite_output_dir = False
-    metrics = run(cfg, extra_records=planted)
+    metrics = run(cfg, extra_records=planted, whitebox=gradients)
     if not is_main():
         return {}
     done = _finished(out, a)
     if done is not None:
         print(f"[privlm] audit already finished: {out / 'audit.json'} (eps_lb {done['epsilon_lower_bound']:.3f})")
-        return done
+        return _judge(done)
+
+    member = np.array([c["member"] for c in canaries])
+    if white:
+        scores, score_name = np.array(metrics["whitebox"][a.whitebox_score]), a.whitebox_score
+    else:
+        scores, score_name = _blackbox_scores(cfg, a, out, [c["text"] for c in canaries]), a.attack
+    report = _report(cfg, a, metrics, scores, member, out)
+    report["attack"] = score_name
+    _roc_png(scores[member], scores[~member], report, out / "roc.png")
+    atomic_write_json(out / "scores.json", {"attack": score_name, "scores": scores.tolist(),
+                                            "members": member.tolist()}, indent=None)
+    atomic_write_json(out / "audit.json", report)
+    ub = report["epsilon_upper_bound"]
+    print(f"[privlm] audit ({a.threat_model}): eps_lb {report['epsilon_lower_bound']:.3f} (eps_ub "
+          f"{'-' if ub is None else f'{ub:.3f}'}, delta {report['delta']:.3g}, {report['confidence']:.0%} confidence, "
+          f"{report['epsilon_lower_bound_method']}; {report['num_correct']} of {report['num_guesses']} guesses "
+          f"right), AUC {stats.fmt(report['auc'], report['auc_ci'])}, verdict {report['verdict']} -> "
+          f"{out / 'audit.json'}")
+    for b in report["bounds"]:
+        print(f"[privlm]   {b['method']:<9} delta {b['delta']:<9.3g} eps_lb {b['epsilon_lower_bound']:.3f}")
+    return _judge(report)
+
+
+def _blackbox_scores(cfg, a, out: Path, texts: list[str]) -> np.ndarray:
+    """The MIA score of every text canary on the trained model (higher = more likely a member). Crafted canaries
+    are always calibrated per canary against the base model (the ratio attack), whatever --attack says."""
+    from ..dp.finetune import load_trained
+    from ..mia.scoring import score_texts
 
     tok = models.load_tokenizer(cfg.model.model_path)
     model = load_trained(cfg, out / "train" / "final_model")
-    from ..mia.scoring import score_texts
+    attack = "ratio" if a.canary_kind == "crafted" else a.attack
+    return score_texts(model, tok, texts, [attack], reference=a.reference_model or cfg.model.model_path,
+                       dtype=cfg.model.dtype)[attack]
 
-    texts = [c["text"] for c in canaries]
-    scores = score_texts(model, tok, texts, [a.attack], reference=a.reference_model or cfg.model.model_path,
-                         dtype=cfg.model.dtype)[a.attack]
-    member = np.array([c["member"] for c in canaries])
+
+def _report(cfg, a, metrics: dict, scores: np.ndarray, member: np.ndarray, out: Path) -> dict:
+    from ..dp.plan import run_delta
+
     privacy = metrics.get("privacy") or {}
     delta = privacy.get("delta") or run_delta(cfg.privacy, metrics.get("dataset_size") or 1)
-    result = bound.audit(scores, member, delta, a.confidence)
+    deltas = [delta] + ([bound.REFERENCE_DELTA] if delta != bound.REFERENCE_DELTA else [])
+    rows = bound.bounds(scores, member, deltas, a.confidence)
+    at_run = [b for b in rows if b["delta"] == delta]
+    best = max(at_run, key=lambda b: b["epsilon_lower_bound"])
+    grid = bound.audit(scores, member, delta, a.confidence)
     roc = stats.roc_with_ci(scores[member], scores[~member], confidence=a.confidence)
-    report = {
-        "epsilon_lower_bound": result["epsilon_lower_bound"],
-        "epsilon_upper_bound": privacy.get("epsilon") if cfg.dp else None,
-        "delta": delta, "confidence": a.confidence, "num_canaries": len(canaries),
-        "num_members": int(member.sum()), "num_guesses": result["num_guesses"], "num_correct": result["num_correct"],
-        "guess_grid": result["grid"], "confidence_per_grid_point": result["confidence_per_grid_point"],
+    eps_ub = privacy.get("epsilon") if cfg.dp else None
+    return {
+        "epsilon_lower_bound": best["epsilon_lower_bound"], "epsilon_lower_bound_method": best["method"],
+        "epsilon_upper_bound": eps_ub, "verdict": bound.verdict(best["epsilon_lower_bound"], eps_ub),
+        "bounds": rows, "threat_model": a.threat_model,
+        "delta": delta, "confidence": a.confidence, "num_canaries": len(member),
+        "num_members": int(member.sum()), "num_guesses": best["num_guesses"], "num_correct": best["num_correct"],
+        "guess_grid": grid["grid"], "confidence_per_grid_point": grid["confidence_per_grid_point"],
         "attack": a.attack, "reference_model": a.reference_model,
         "auc": roc["auc"], "auc_ci": roc["auc_ci"], "tpr_at_fpr": roc["tpr_at_fpr"],
         "mode": metrics.get("mode"), "noise_source": metrics.get("noise_source"),
-        "canary_kind": a.canary_kind, "canary_length": a.canary_length, "canary_repeats": a.canary_repeats,
+        "noise_multiplier": privacy.get("noise_multiplier"), "steps": privacy.get("steps"),
+        "sample_rate": privacy.get("sample_rate"),
+        **({"canary_gradient": a.canary_gradient, "whitebox_score": a.whitebox_score} if a.threat_model ==
+           "whitebox" else {"canary_kind": a.canary_kind, "canary_length": a.canary_length,
+                            "canary_repeats": a.canary_repeats}),
+        "train_seconds": metrics.get("train_seconds"),
         "training_run": str(out / "train"), "figure": str(out / "roc.png"),
     }
-    _roc_png(scores[member], scores[~member], report, out / "roc.png")
-    atomic_write_json(out / "scores.json", {"attack": a.attack, "scores": scores.tolist(), "members": member.tolist()},
-                      indent=None)
-    atomic_write_json(out / "audit.json", report)
-    ub = report["epsilon_upper_bound"]
-    print(f"[privlm] audit: eps_lb {report['epsilon_lower_bound']:.3f} (eps_ub "
-          f"{'-' if ub is None else f'{ub:.3f}'}, delta {delta:.3g}, {report['confidence']:.0%} confidence; "
-          f"{report['num_correct']} of {report['num_guesses']} guesses right), AUC "
-          f"{stats.fmt(report['auc'], report['auc_ci'])} -> {out / 'audit.json'}")
+
+
+def _judge(report: dict) -> dict:
+    """A violated guarantee is an error: one line on stderr and exit code 3 (audit.json is written first)."""
+    if report.get("verdict") == "violated":
+        import sys
+
+        print(f"DP guarantee violated: epsilon_lb {report['epsilon_lower_bound']:.3f} > epsilon "
+              f"{report['epsilon_upper_bound']:.3f}", file=sys.stderr, flush=True)
+        sys.exit(3)
     return report
 
 
@@ -196,8 +276,10 @@ def _finished(out: Path, a) -> dict | None:
         done = json.loads(f.read_text())
     except json.JSONDecodeError:
         return None
-    same = (done.get("attack"), done.get("reference_model"), done.get("confidence")) == \
-        (a.attack, a.reference_model, a.confidence)
+    score = a.whitebox_score if a.threat_model == "whitebox" else \
+        ("ratio" if a.canary_kind == "crafted" else a.attack)
+    same = (done.get("attack"), done.get("reference_model"), done.get("confidence"), "bounds" in done) == \
+        (score, a.reference_model, a.confidence, True)
     return done if same else None
 
 

@@ -219,9 +219,26 @@ def front_door(cfg: DPFinetuneConfig, dataset_size: int):
                         max_grad_norm=ta.max_grad_norm if "trainer_args.max_grad_norm" in cfg.explicit else 0.0)
 
 
-def run(cfg: DPFinetuneConfig, extra_records: list[dict] | None = None) -> dict:
+def clip_only_plan(cfg: DPFinetuneConfig, dataset_size: int):
+    """An undefended run's white-box audit: Poisson batches and per-example clipping at the named
+    max_grad_norm_dp, no noise (sigma 0: no accountant's epsilon)."""
+    from ..training import planned_steps
+    from .plan import fixed_plan, run_delta
+    from .sampling import steps_per_epoch
+
+    ta = cfg.trainer_args
+    q = min(1.0, ta.total_train_batch_size / dataset_size)
+    return fixed_plan(noise_multiplier=0.0, max_grad_norm=cfg.privacy.max_grad_norm_dp, dataset_size=dataset_size,
+                      sample_rate=q, delta=run_delta(cfg.privacy, dataset_size),
+                      steps=planned_steps(ta.num_train_epochs, ta.max_steps, steps_per_epoch(q)),
+                      reproducible_noise=cfg.privacy.reproducible_noise)
+
+
+def run(cfg: DPFinetuneConfig, extra_records: list[dict] | None = None, whitebox=None) -> dict:
     """Train and evaluate as configured; `extra_records` join the training records (after loading, before
-    scrubbing and the privacy plan) and the run's identity. Returns metrics.json's content."""
+    scrubbing and the privacy plan) and the run's identity. `whitebox` (privlm.audit.whitebox.GradientCanaries):
+    gradient canaries, examples of the dataset (its members count in N) that DP-SGD samples, clips and noises
+    with the rest; an undefended run then clips without noise. Returns metrics.json's content."""
     from ..training import TrainSpec, init_distributed, is_main, train
 
     ds, ta = cfg.dataset, cfg.trainer_args
@@ -231,12 +248,20 @@ def run(cfg: DPFinetuneConfig, extra_records: list[dict] | None = None) -> dict:
     records, heldout = load_data(ds)
     if extra_records:
         records = records + list(extra_records)
-    plan = front_door(cfg, len(records))
+    n_canaries = int(whitebox.members.sum()) if whitebox is not None else 0
+    plan = front_door(cfg, len(records) + n_canaries)
+    if whitebox is not None:
+        if plan is None:
+            plan = clip_only_plan(cfg, len(records) + n_canaries)
+        plan.whitebox = whitebox
     inputs = {"model": models.identity(cfg.model.model_path), "dataset": ds.dataset_path}
     if Path(ds.dataset_path).is_file():
         inputs["dataset"] = C.file_digest(ds.dataset_path)
     if extra_records:
         inputs["extra_records"] = hashlib.sha256(json.dumps(extra_records, sort_keys=True).encode()).hexdigest()
+    if whitebox is not None:
+        inputs["whitebox"] = hashlib.sha256(json.dumps([whitebox.kind, whitebox.seed, whitebox.members.tolist()]
+                                                       ).encode()).hexdigest()
     job = Run(cfg, ta, inputs, kind="dp_models")
     if job.finished():
         return job.metrics()
@@ -267,7 +292,7 @@ def run(cfg: DPFinetuneConfig, extra_records: list[dict] | None = None) -> dict:
     prepare = lora(cfg.model) if cfg.model.peft == "lora" else (full_dp if plan else None)
     metrics = train(cfg.model.model_path, encoded, lambda b: data.collate(b, tok.pad_token_id), spec, job, tok,
                     desc="dp-sgd" if plan else "fine-tune", steps_factory=factory, prepare_model=prepare)
-    metrics.update(dataset_size=len(records), mode="dp" if plan else ds.dataset_mode, scrub=scrub_report,
+    metrics.update(dataset_size=len(records) + n_canaries, mode="dp" if cfg.dp else ds.dataset_mode, scrub=scrub_report,
                    privacy_plan=plan.to_dict() if plan else None,
                    noise_source=plan.noise_source if plan else None,
                    # computed on the private data outside the DP guarantee, which covers the weights only
@@ -278,7 +303,7 @@ def run(cfg: DPFinetuneConfig, extra_records: list[dict] | None = None) -> dict:
         print(f"[privlm] held-out loss {metrics['eval']['heldout_loss']:.4f}, PII extraction "
               f"{pii['extracted']} of {pii['n']} strings = {stats.fmt(pii['rate'], pii['rate_ci'])}")
         job.write_metrics(metrics)
-        if plan is not None:
+        if cfg.dp:
             led = metrics["privacy"]
             print(f"[privlm] privacy ledger: epsilon={led['epsilon']:.3f} delta={led['delta']:.3g} "
                   f"sigma={led['noise_multiplier']:.4f} C={led['max_grad_norm']} q={led['sample_rate']:.4g} "

@@ -69,6 +69,7 @@ class PrivacyPlan:
     target_epsilon: float | None
     ledger: accountant.Ledger
     reproducible_noise: bool = False
+    whitebox: object = None  # privlm.audit.whitebox.GradientCanaries: the audit's gradient canaries, if any
 
     @property
     def noise_source(self) -> str:
@@ -88,6 +89,7 @@ class PrivacyPlan:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("ledger")
+        d.pop("whitebox")
         d["noise_source"] = self.noise_source
         return d
 

@@ -55,6 +55,9 @@ class DPStep:
         self.zero3 = bool(engine.zero_optimization_partition_weights())
         self.low_precision = any(p.dtype != torch.float32 for p in self.params)
         self.last_norms: torch.Tensor | None = None
+        self.canaries = plan.whitebox  # the white-box audit's gradient canaries: examples of every logical batch
+        if self.canaries is not None:
+            self.canaries.bind(self.params, plan.sample_rate, plan.max_grad_norm, plan.noise_multiplier)
 
     def __call__(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
         """Run one logical step; returns the mean per-example loss of the real (non-padding) rows."""
@@ -96,8 +99,12 @@ class DPStep:
     def _surrogate_step(self, sums: list[torch.Tensor], std: float):
         eng, step = self.engine, self.ledger.steps
         scale = self.world / self.expected  # DeepSpeed averages gradients over ranks
+        if self.canaries is not None and self.rank == 0:  # examples of the batch: counted once, before the noise
+            self.canaries.add_(sums, self.source, step)
         if self.rank == 0 and std > 0:  # once per logical step, across all ranks
             add_gaussian_noise_(sums, self.source, step, std)
+        if self.canaries is not None:  # what the auditor sees: the released sum, along each canary
+            self.canaries.observe(sums, self.world)
         if self.low_precision and self.world > 1:  # sum in fp32 here; DeepSpeed then averages identical tensors
             import torch.distributed as dist
 
@@ -181,11 +188,18 @@ class DPSteps:
     def run(self, micro_batches) -> float:
         return self.step(micro_batches)
 
-    def state(self) -> dict:
+    def state(self, brief: bool = False) -> dict:
+        """The ledger (and the white-box canaries' scores, in checkpoints and the final metrics; `brief`: for
+        the per-epoch history, without them)."""
         self.ledger.update_epsilon()
-        return {"privacy": self.ledger.to_dict()}
+        out = {"privacy": self.ledger.to_dict()}
+        if self.plan.whitebox is not None and not brief:
+            out["whitebox"] = self.plan.whitebox.state()
+        return out
 
     def load_state(self, state: dict):
+        if self.plan.whitebox is not None:
+            self.plan.whitebox.load_state(state.get("whitebox"))
         if "privacy" in state:
             restored = Ledger.from_dict(state["privacy"])
             self.ledger.steps, self.ledger.epsilon = restored.steps, restored.epsilon
