@@ -63,13 +63,20 @@ demo-dp: venv
 	$(BIN)/python -m privlm.report dp results/dp_demo; \
 	echo "[demo-dp] wall time $$(( $$(date +%s) - start )) s"
 
-# The one-run privacy audit: undefended, DP epsilon 8 and epsilon 2, 1000 canaries each; a finished run is skipped.
+# The one-run privacy audit, every regime side by side (1000 canaries each; a finished run is skipped): black-box
+# crafted canaries on an undefended, a DP eps 8 and a DP eps 2 run; white-box gradient canaries at eps 8 and eps 2;
+# and a DP-SGD broken on purpose (noise sigma/10 while the accountant claims eps 1, benchmarks/audit_broken_noise.py),
+# which the audit must call violated (exit 3, expected here). DP runs use delta 1e-5.
 AD := results/audit_demo
+AUDIT := -m privlm.audit run --config configs/audit/demo.yml --num_canaries 1000
 demo-audit: venv
 	@start=$$(date +%s); set -e; \
-	for e in -1 8 2; do n=$$( [ $$e = -1 ] && echo undefended || echo dp$$e ); \
-	  $(BIN)/python -m privlm.audit run --config configs/audit/demo.yml --eps $$e --num_canaries 1000 \
-	    --canary_length 8 --attack ratio --output_dir $(AD)/$$n; done; \
+	$(BIN)/python $(AUDIT) --canary_kind crafted --canary_length 8 --eps -1 --output_dir $(AD)/undefended; \
+	for e in 8 2; do \
+	  $(BIN)/python $(AUDIT) --canary_kind crafted --canary_length 8 --eps $$e --delta 1e-5 --output_dir $(AD)/dp$$e; \
+	  $(BIN)/python $(AUDIT) --threat_model whitebox --eps $$e --delta 1e-5 --output_dir $(AD)/wb$$e; done; \
+	$(BIN)/python benchmarks/audit_broken_noise.py --config configs/audit/demo.yml --num_canaries 1000 \
+	  --threat_model whitebox --eps 1 --delta 1e-5 --output_dir $(AD)/wb_broken1 || [ $$? = 3 ]; \
 	$(BIN)/python -m privlm.report audit $(AD); \
 	echo "[demo-audit] wall time $$(( $$(date +%s) - start )) s"
 

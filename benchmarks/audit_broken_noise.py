@@ -2,9 +2,14 @@
 (and so the accountant's epsilon) says. No user-facing flag can do this; it is the test's monkeypatch, here so that
 `make demo-audit` can show the "violated" regime.
 
-    python benchmarks/audit_broken_noise.py [any `python -m privlm.audit run` argument]
+    python benchmarks/audit_broken_noise.py [--noise_divisor 10] [any `python -m privlm.audit run` argument]
+
+(`--noise_divisor 1` is the correct DP-SGD, through the same script: tests compare the two.)
 """
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 BREAK = 10.0
 
@@ -22,7 +27,12 @@ def break_noise(factor: float = BREAK):
 
 
 if __name__ == "__main__":
-    break_noise()
+    argv = [x for x in sys.argv[1:] if not x.startswith("--local_rank")]
+    factor = BREAK
+    if argv[:1] == ["--noise_divisor"]:
+        factor, argv = float(argv[1]), argv[2:]
+    if factor != 1:
+        break_noise(factor)
     from privlm.audit.__main__ import main
 
-    main(["run", *sys.argv[1:]])
+    main(["run", *argv])

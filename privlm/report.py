@@ -116,19 +116,26 @@ def audit_table(folder: Path) -> list[dict]:
     rows = []
     for f in sorted(folder.glob("**/audit.json")):
         a = json.loads(f.read_text())
+        at_ref = {b["method"]: b["epsilon_lower_bound"] for b in a.get("bounds", []) if b["delta"] == 1e-5}
         rows.append({"audit": str(f.parent), "mode": a.get("mode"), **{k: a.get(k) for k in (
-            "epsilon_lower_bound", "epsilon_upper_bound", "delta", "confidence", "num_canaries", "num_guesses",
-            "num_correct", "auc", "auc_ci", "tpr_at_fpr", "attack")}})
-    return sorted(rows, key=lambda r: -(r["epsilon_upper_bound"] or float("inf")))
+            "threat_model", "verdict", "epsilon_lower_bound", "epsilon_lower_bound_method", "epsilon_upper_bound",
+            "delta", "confidence", "num_canaries", "num_guesses", "num_correct", "auc", "auc_ci", "tpr_at_fpr",
+            "attack", "canary_kind", "noise_multiplier", "train_seconds")},
+                     "eps_delta_at_1e-5": at_ref.get("eps_delta"), "fdp_at_1e-5": at_ref.get("fdp")})
+    # black-box before white-box, each from the least private (undefended) to the most
+    return sorted(rows, key=lambda r: (r["threat_model"] == "whitebox", -(r["epsilon_upper_bound"] or float("inf"))))
 
 
 def format_audit_table(rows: list[dict]) -> str:
-    lines = [f"{'run':<24}{'eps_lb':>8}{'eps_ub':>8}{'right/guesses':>15}{'AUC [95% CI]':>24}"
-             f"{'TPR@1%FPR [95% CI]':>24}"]
+    lines = [f"{'run':<14}{'threat':>10}{'eps_lb':>8}{'method':>10}{'delta':>9}{'eps_ub':>8}{'verdict':>12}"
+             f"{'@1e-5 e-d/fdp':>15}{'right/guesses':>15}{'AUC [95% CI]':>24}{'TPR@1%FPR [95% CI]':>24}"]
     for r in rows:
         ub = "inf" if r["epsilon_upper_bound"] is None else f"{r['epsilon_upper_bound']:.2f}"
         t1 = next((t for t in r["tpr_at_fpr"] or [] if t["fpr"] == 0.01), None)
-        lines.append(f"{Path(r['audit']).name[:23]:<24}{r['epsilon_lower_bound']:>8.2f}{ub:>8}"
+        ref = "/".join("-" if r.get(k) is None else f"{r[k]:.2f}" for k in ("eps_delta_at_1e-5", "fdp_at_1e-5"))
+        lines.append(f"{Path(r['audit']).name[:13]:<14}{r.get('threat_model') or 'blackbox':>10}"
+                     f"{r['epsilon_lower_bound']:>8.2f}{r.get('epsilon_lower_bound_method') or 'eps_delta':>10}"
+                     f"{r['delta']:>9.2g}{ub:>8}{r.get('verdict') or '-':>12}{ref:>15}"
                      f"{str(r['num_correct']) + '/' + str(r['num_guesses']):>15}{fmt(r['auc'], r['auc_ci']):>24}"
                      f"{fmt(t1['tpr'], t1['ci']) if t1 else '-':>24}")
     return "\n".join(lines)
@@ -151,7 +158,8 @@ def audit_main(folder: Path) -> int:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     names = [Path(r["audit"]).name for r in rows]
     x = np.arange(len(rows))
-    axes[0].bar(x - 0.2, [r["epsilon_lower_bound"] for r in rows], 0.4, label="eps lower bound (audit)")
+    axes[0].bar(x - 0.2, [r["epsilon_lower_bound"] for r in rows], 0.4, label="eps lower bound (audit)",
+                color=["C3" if r.get("verdict") == "violated" else "C0" for r in rows])
     ub = [r["epsilon_upper_bound"] for r in rows]
     axes[0].bar(x + 0.2, [u if u is not None else 0 for u in ub], 0.4, label="eps upper bound (accountant)")
     for i, u in enumerate(ub):

@@ -157,7 +157,12 @@ def private() -> list[Section]:
                 "one-run audit with 1000 canaries: the epsilon lower bound next to the accountant's epsilon")
     for i, r in enumerate(a.report or []):
         name = Path(r["audit"]).name
-        a.add(f"{name}: epsilon lower bound", f"{i}.epsilon_lower_bound", fmt=".2f")
+        a.add(f"{name} ({r.get('threat_model') or 'blackbox'}, verdict {r.get('verdict') or '-'}): epsilon lower "
+              f"bound at the run's delta ({r.get('epsilon_lower_bound_method') or 'eps_delta'})",
+              f"{i}.epsilon_lower_bound", fmt=".2f")
+        if r.get("fdp_at_1e-5") is not None:
+            a.add(f"{name}: f-DP bound at delta 1e-5", f"{i}.fdp_at_1e-5", fmt=".2f")
+            a.add(f"{name}: eps_delta bound at delta 1e-5", f"{i}.eps_delta_at_1e-5", fmt=".2f")
         a.add(f"{name}: accountant's epsilon", f"{i}.epsilon_upper_bound", fmt=".2f")
         a.add(f"{name}: attack AUC", f"{i}.auc", f"{i}.auc_ci")
     m = Section("Mosaic memory demo: rho", "results/mosaic_demo/rho.json", "make demo-mosaic",

@@ -73,11 +73,17 @@ def test_audit_table_puts_bounds_and_intervals_side_by_side(tmp_path, capsys):
                                  "num_guesses": 50, "num_correct": 40, "auc": auc, "auc_ci": [auc - 0.05, auc + 0.05],
                                  "tpr_at_fpr": [{"fpr": 0.01, "tpr": 0.1, "ci": [0.02, 0.2]}], "attack": "loss"})
         write(d / "scores.json", {"scores": rng.normal(size=100).tolist(), "members": [i % 2 == 0 for i in range(100)]})
+    a = json.loads((tmp_path / "dp2" / "audit.json").read_text())  # a white-box audit, as audit.json now has it
+    write(tmp_path / "dp2" / "audit.json", {**a, "threat_model": "whitebox", "verdict": "consistent",
+                                            "epsilon_lower_bound_method": "fdp", "bounds": [
+                                                {"method": "eps_delta", "delta": 1e-5, "epsilon_lower_bound": 0.4},
+                                                {"method": "fdp", "delta": 1e-5, "epsilon_lower_bound": 0.9}]})
     assert report.main(["audit", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith(("undefended", "dp2"))]
-    assert rows[0][:4] == ["undefended", "1.70", "inf", "40/50"] and rows[0][4:7] == ["0.810", "[0.760,", "0.860]"]
-    assert rows[1][:3] == ["dp2", "0.00", "1.99"]
+    assert rows[0][:9] == ["undefended", "blackbox", "1.70", "eps_delta", "0.001", "inf", "-", "-/-", "40/50"]
+    assert rows[0][9:12] == ["0.810", "[0.760,", "0.860]"]
+    assert rows[1][:8] == ["dp2", "whitebox", "0.00", "fdp", "0.001", "1.99", "consistent", "0.40/0.90"]
     assert (tmp_path / "audit_table.png").stat().st_size > 0
     assert len(json.loads((tmp_path / "audit_table.json").read_text())) == 2
     assert report.main(["audit", str(tmp_path / "nothing")]) == 2

@@ -1,14 +1,19 @@
 """`python -m privlm.audit run`: the one-run privacy audit (Steinke, Nasr and Jagielski 2023) of a dp_finetune.py run.
 
-m canaries are made (random words, or mosaic canaries sampled from the base model); a secret fair coin puts each in
-the training set or not; the model is trained by exactly the dp_finetune.py pipeline (every flag, YAML file and
-key=value override of dp_finetune.py works: undefended, scrubbed, DP); every canary is scored by an MIA attack
-(loss by default); the auditor guesses "in" for the top-scoring and "out" for the bottom-scoring canaries, with the
-number of guesses from a grid fixed in advance (privlm.audit.bound.guess_grid, union bound over it), and the
-(m, guesses, correct) it reaches become an epsilon lower bound at the chosen confidence for the run's delta.
+m canaries, each in the training set by a secret fair coin; the model is trained by exactly the dp_finetune.py
+pipeline (every flag, YAML file and key=value override works: undefended, scrubbed, DP). Two threat models:
+* blackbox (default): text canaries (random words, mosaic canaries sampled from the base model, or crafted rare-token
+  sequences: privlm.audit.crafted) planted as records, scored on the trained model by an MIA attack (crafted: always
+  the loss ratio to the base model, a per-canary calibration);
+* whitebox: gradient canaries inserted into DP-SGD (privlm.audit.whitebox), scored on the released noised sums.
+The auditor guesses "in" for the top-scoring and "out" for the bottom-scoring canaries, the number of guesses from
+a grid fixed in advance (privlm.audit.bound.guess_grid, union bound over it), and (m, guesses, correct) become
+epsilon lower bounds (eps_delta and f-DP, at the run's delta and at 1e-5). The verdict compares the best one at the
+run's delta with the accountant's epsilon; "violated" exits 3 after audit.json is written.
 
-Layout: <audit dir>/canaries.jsonl (texts and coins: the auditor's secret, kept for a resumed audit),
-<audit dir>/train/ (the training run, resumable as any), <audit dir>/audit.json and roc.png (written last).
+Layout: <audit dir>/canaries.jsonl (texts or gradient seed, and coins: the auditor's secret, kept for a resumed
+audit), <audit dir>/train/ (the training run, resumable as any), <audit dir>/audit.json, scores.json and roc.png
+(written last).
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The one-run audit's epsilon lower bound: against an independent root-finding inversion of the binomial tail
-(delta = 0), the closed form when every guess is right, the effect of delta, and the CLI's bad input."""
+"""The one-run audit's epsilon lower bounds: eps_delta against an independent root-finding inversion of the binomial
+tail (delta = 0), the closed form when every guess is right, the paper's algorithm for delta > 0; the f-DP bound
+against eps_delta through the pure-DP trade-off (two different derivations of the same test), against simulated
+mu-GDP guessing games (valid and not vacuous), and the GDP conversion's textbook figure; the CLI's bad input."""
 import json
 import math
 import subprocess
@@ -10,7 +12,10 @@ from scipy.optimize import brentq
 from scipy.stats import binom
 
 from conftest import ROOT, assert_user_error, child_env
-from privlm.audit.bound import audit, epsilon_lower_bound, p_value
+import numpy as np
+
+from privlm.audit.bound import (audit, bounds, epsilon_lower_bound, fdp_mu_lower_bound, fdp_rejects, gdp_delta,
+                                gdp_epsilon, p_value, pure_dp_tradeoff, verdict)
 
 
 def inverted(r, v, c):
@@ -95,3 +100,57 @@ def test_bound_command_prints_json_and_refuses_bad_input_in_one_line():
                       "delta")
     assert_user_error(_bound("--num_canaries", "10", "--num_guesses", "5", "--num_correct", "3", "--confidence",
                              "1.5"), "confidence")
+
+
+def pure_fdp_bound(m, r, v, c):
+    """The f-DP recursion run on the (eps, 0)-DP trade-off curve, bisected on eps."""
+    if not fdp_rejects(m, r, v, pure_dp_tradeoff(0.0), c):
+        return 0.0
+    lo, hi = 0.0, 30.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fdp_rejects(m, r, v, pure_dp_tradeoff(mid), c) else (lo, mid)
+    return lo
+
+
+@pytest.mark.parametrize("m,r,v", [(1000, 100, 90), (1000, 1000, 700), (1000, 20, 20), (1000, 200, 150),
+                                   (1000, 1000, 1000), (1000, 1000, 990), (200, 20, 13)])
+def test_fdp_on_the_pure_dp_curve_agrees_with_eps_delta(m, r, v):
+    """Mahloujifar et al.'s recursion and Steinke et al.'s binomial tail test the same pure-DP hypothesis: they
+    agree to a few percent (all right of 1000: both are the closed form 5.809)."""
+    fdp, tail = pure_fdp_bound(m, r, v, 0.95), epsilon_lower_bound(m, r, v, 0.0, 0.95)
+    assert fdp == pytest.approx(tail, rel=0.03, abs=1e-6)
+    assert fdp <= tail * 1.005 + 1e-9
+
+
+def test_fdp_bound_is_valid_and_tight_on_simulated_gaussian_games():
+    """m = 1000 canaries whose scores are N(mu * member, 1): a mu-GDP mechanism exactly. At 95% confidence the
+    bound may exceed mu in 5% of games at most; over 20 games none may here (p < 0.36 by chance), and it must reach
+    a fair part of mu (not a vacuous bound)."""
+    rng = np.random.default_rng(7)
+    for mu, part in ((0.5, 0.25), (1.5, 0.45)):
+        found = []
+        for _ in range(10):
+            member = rng.integers(0, 2, 1000).astype(bool)
+            rows = bounds(rng.normal(mu * member, 1.0), member, [1e-5])
+            found.append(next(b for b in rows if b["method"] == "fdp")["mu_lower_bound"])
+        assert max(found) <= mu and np.mean(found) > part * mu, (mu, found)
+
+
+def test_gdp_conversion_matches_the_textbook_figure():
+    assert gdp_delta(1.0, 1.0) == pytest.approx(0.1269, abs=1e-4)  # Dong, Roth and Su: 1-GDP is (1, 0.127)-DP
+    assert gdp_epsilon(1.0, gdp_delta(1.0, 1.0)) == pytest.approx(1.0, abs=1e-6)
+    assert gdp_epsilon(2.0, 1e-5) > gdp_epsilon(1.0, 1e-5) > gdp_epsilon(1.0, 1e-3) > 0
+    assert fdp_mu_lower_bound(1000, 100, 50) == 0.0  # chance level proves nothing
+
+
+def test_bounds_report_both_methods_at_every_delta_and_a_verdict():
+    member = np.arange(1000) >= 500
+    rows = bounds(np.arange(1000.0), member, [1e-3, 1e-5])
+    assert [(b["method"], b["delta"]) for b in rows] == [("eps_delta", 1e-3), ("fdp", 1e-3), ("eps_delta", 1e-5),
+                                                         ("fdp", 1e-5)]
+    assert all(b["confidence"] == 0.95 and b["num_correct"] == b["num_guesses"] for b in rows)
+    per = 1 - 0.05 / 6
+    assert rows[2]["epsilon_lower_bound"] == pytest.approx(epsilon_lower_bound(1000, 1000, 1000, 1e-5, per))
+    assert rows[1]["epsilon_lower_bound"] < rows[3]["epsilon_lower_bound"]  # a smaller delta, a larger eps
+    assert (verdict(2.0, 1.0), verdict(0.5, 1.0), verdict(3.0, None)) == ("violated", "consistent", "undefended")
