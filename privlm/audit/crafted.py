@@ -5,13 +5,15 @@ attack), which calibrates every canary against its own prior.
 
 Pool (`--crafted_tokens`): `rare`, the tokens the base model finds least likely on average over a few neutral
 contexts (the bottom RARE_FRACTION of the vocabulary); `uniform`, every usable token. A usable token is not special
-and decodes to text that encodes back to itself, so the planted text is the token sequence that was drawn.
+and decodes to text that encodes back to itself; a canary is redrawn (up to TRIES times) until its text encodes
+back to the drawn sequence, so what is planted and scored are the rare tokens drawn.
 """
 from __future__ import annotations
 
 import numpy as np
 
 RARE_FRACTION = 0.05
+TRIES = 100  # draws per canary before one that re-tokenizes differently is kept
 CONTEXTS = ("", "The", "\n", "Hello, my name is")
 
 
@@ -56,4 +58,12 @@ def crafted_texts(model_path: str, tok, m: int, length: int, pool: str, rng: np.
     if len(ids) < 2:
         raise UserError(f"--canary_kind crafted: the tokenizer of {model_path} has no usable tokens")
     ids = np.array(ids)
-    return [tok.decode(ids[rng.integers(0, len(ids), length)].tolist()) for _ in range(m)]
+    out = []
+    for _ in range(m):
+        for _ in range(TRIES):  # redraw until the text encodes back to the drawn tokens (BPE may merge neighbours)
+            drawn = ids[rng.integers(0, len(ids), length)].tolist()
+            text = tok.decode(drawn)
+            if tok(text, add_special_tokens=False)["input_ids"] == drawn:
+                break
+        out.append(text)
+    return out
