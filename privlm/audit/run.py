@@ -87,6 +87,20 @@ def validate(cfg, a) -> None:
         raise UserError("invalid audit settings: " + "; ".join(problems))
 
 
+def trainable_weights(cfg) -> int:
+    """How many weights the run trains (the model and its LoRA adapter built on the meta device from the config
+    alone: no weights read), so that too many white-box canaries are refused before anything is written."""
+    import torch
+
+    from ..dp.finetune import full_dp, lora
+
+    resolved = models.resolve(cfg.model.model_path)
+    with torch.device("meta"):
+        model = models.load_model(resolved, pretrained=False)
+        model = lora(cfg.model)(model) if cfg.model.peft == "lora" else full_dp(model)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def audit_dir(cfg, a) -> Path:
     ta = cfg.trainer_args
     if ta.output_dir:
@@ -164,8 +178,11 @@ def main(argv: list[str] | None = None) -> dict:
     several_ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if several_ranks:  # launched on several ranks: they share rank 0's secret coins
         init_distributed()
-    canaries, new = load_or_make_canaries(out / "canaries.jsonl", cfg, a, fresh=overwrite)
     white = a.threat_model == "whitebox"
+    if white and a.num_canaries > (n := trainable_weights(cfg)):
+        raise UserError(f"--num_canaries {a.num_canaries}: more white-box canaries than the {n} trainable weights "
+                        "(one direction each)")
+    canaries, new = load_or_make_canaries(out / "canaries.jsonl", cfg, a, fresh=overwrite)
     field = cfg.dataset.text_field
     planted = [] if white else [{field: c["text"]} for c in canaries if c["member"] for _ in range(a.canary_repeats)]
     gradients = whitebox.GradientCanaries([c["member"] for c in canaries], canaries[0]["gradient"],

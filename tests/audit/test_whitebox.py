@@ -79,7 +79,10 @@ def test_bad_whitebox_settings_fail_before_anything_is_written(tmp_path, tiny_mo
     for extra, needle in ((["--eps", "-1"], "must name the clipping norm"),
                           (["--eps", "8", "--deepspeed_stage", "3"], "ZeRO-3"),
                           (["--eps", "8", "--confidence", "1.5"], "confidence"),
-                          (["--eps", "8", "--delta", "1.5"], "target_delta")):
+                          (["--eps", "8", "--delta", "1.5"], "target_delta"),
+                          (["--eps", "8", "--num_canaries", "100000000"], "trainable weights"),
+                          (["--eps", "8", "--threat_model", "blackbox", "--canary_length", "60", "--max_seq_len",
+                            "48"], "tokenizer_max_length")):
         p = run_script("benchmarks/audit_broken_noise.py", "--noise_divisor", "1", *common, *extra,
                        "--output_dir", str(tmp_path / "a"))
         assert_user_error(p, needle)
