@@ -1,5 +1,5 @@
 """Crafted canaries: token sequences from the base model's least likely tokens, each token one that decodes and
-re-encodes to itself, the sequence redrawn until its text re-tokenizes to it, drawn by the auditor's generator; scored by the ratio to the base model."""
+re-encodes to itself, the sequence redrawn until its text re-tokenizes to it, drawn by the auditor's generator."""
 import numpy as np
 
 from privlm import models
