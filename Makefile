@@ -64,16 +64,17 @@ demo-dp: venv
 	echo "[demo-dp] wall time $$(( $$(date +%s) - start )) s"
 
 # The one-run privacy audit, every regime side by side (1000 canaries each; a finished run is skipped): black-box
-# crafted canaries on an undefended, a DP eps 8 and a DP eps 2 run; white-box gradient canaries at eps 8 and eps 2;
+# random-word canaries scored by the ratio to the base model (crafted ones did worse here: docs/private_finetuning.md)
+# on an undefended, a DP eps 8 and a DP eps 2 run; white-box gradient canaries at eps 8 and eps 2;
 # and a DP-SGD broken on purpose (noise sigma/10 while the accountant claims eps 1, benchmarks/audit_broken_noise.py),
 # which the audit must call violated (exit 3, expected here). DP runs use delta 1e-5.
 AD := results/audit_demo
 AUDIT := -m privlm.audit run --config configs/audit/demo.yml --num_canaries 1000
 demo-audit: venv
 	@start=$$(date +%s); set -e; \
-	$(BIN)/python $(AUDIT) --canary_kind crafted --canary_length 8 --eps -1 --output_dir $(AD)/undefended; \
+	$(BIN)/python $(AUDIT) --canary_length 8 --attack ratio --eps -1 --output_dir $(AD)/undefended; \
 	for e in 8 2; do \
-	  $(BIN)/python $(AUDIT) --canary_kind crafted --canary_length 8 --eps $$e --delta 1e-5 --output_dir $(AD)/dp$$e; \
+	  $(BIN)/python $(AUDIT) --canary_length 8 --attack ratio --eps $$e --delta 1e-5 --output_dir $(AD)/dp$$e; \
 	  $(BIN)/python $(AUDIT) --threat_model whitebox --eps $$e --delta 1e-5 --output_dir $(AD)/wb$$e; done; \
 	$(BIN)/python benchmarks/audit_broken_noise.py --config configs/audit/demo.yml --num_canaries 1000 \
 	  --threat_model whitebox --eps 1 --delta 1e-5 --output_dir $(AD)/wb_broken1 || [ $$? = 3 ]; \
