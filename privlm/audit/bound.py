@@ -21,10 +21,9 @@ import math
 
 import numpy as np
 
-METHODS = ("eps_delta", "fdp")
-REFERENCE_DELTA = 1e-5  # the delta the literature reports at, beside the run's own
-
 from ..errors import UserError
+
+REFERENCE_DELTA = 1e-5  # the delta the literature reports at, beside the run's own
 
 
 def validate(m: int, r: int, v: int, delta: float, confidence: float):
@@ -171,24 +170,18 @@ def fdp_mu_lower_bound(m: int, r: int, v: int, confidence: float = 0.95, mu_max:
 
 def bounds(scores, members, deltas, confidence: float = 0.95) -> list[dict]:
     """Both bounds at each delta in `deltas`, each the best over the guess grid at the union-bound confidence:
-    [{method, delta, confidence, epsilon_lower_bound, num_guesses, num_correct, (mu_lower_bound)}]."""
-    scores, members = np.asarray(scores, dtype=float), np.asarray(members, dtype=bool)
-    m = len(scores)
-    order = np.argsort(-scores, kind="stable")
-    grid = guess_grid(m)
-    per = 1.0 - (1.0 - confidence) / len(grid)
-    guesses = []
-    for k in grid:
-        top, bottom = order[:k // 2], order[m - k // 2:] if k // 2 else order[:0]
-        guesses.append((len(top) + len(bottom), int(members[top].sum() + (~members[bottom]).sum())))
+    [{method, delta, confidence, epsilon_lower_bound, num_guesses, num_correct, (mu_lower_bound)}]. The guesses are
+    `audit`'s; mu does not depend on delta, so it is found once."""
+    audits = [audit(scores, members, d, confidence) for d in deltas]
+    m, per = len(scores), audits[0]["confidence_per_grid_point"]
+    guesses = [(g["num_guesses"], g["num_correct"]) for g in audits[0]["grid"]]
     mus = [fdp_mu_lower_bound(m, r, v, per) for r, v in guesses]
+    j = int(np.argmax(mus))
     out = []
-    for delta in deltas:
-        eps = [epsilon_lower_bound(m, r, v, delta, per) for r, v in guesses]
-        i = int(np.argmax(eps))
-        out.append({"method": "eps_delta", "delta": delta, "confidence": confidence, "epsilon_lower_bound": eps[i],
-                    "num_guesses": guesses[i][0], "num_correct": guesses[i][1]})
-        j = int(np.argmax(mus))
+    for delta, res in zip(deltas, audits):
+        out.append({"method": "eps_delta", "delta": delta, "confidence": confidence,
+                    "epsilon_lower_bound": res["epsilon_lower_bound"], "num_guesses": res["num_guesses"],
+                    "num_correct": res["num_correct"]})
         out.append({"method": "fdp", "delta": delta, "confidence": confidence,
                     "epsilon_lower_bound": gdp_epsilon(mus[j], delta), "mu_lower_bound": mus[j],
                     "num_guesses": guesses[j][0], "num_correct": guesses[j][1]})

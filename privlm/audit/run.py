@@ -101,6 +101,14 @@ def trainable_weights(cfg) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def score_name(a) -> str:
+    """What scores the canaries: the white-box score, or the MIA attack (crafted canaries: always the loss ratio to
+    the base model, a per-canary calibration, whatever --attack says)."""
+    if a.threat_model == "whitebox":
+        return a.whitebox_score
+    return "ratio" if a.canary_kind == "crafted" else a.attack
+
+
 def audit_dir(cfg, a) -> Path:
     ta = cfg.trainer_args
     if ta.output_dir:
@@ -210,15 +218,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[privlm] audit already finished: {out / 'audit.json'} (eps_lb {done['epsilon_lower_bound']:.3f})")
         return _judge(done)
 
-    member = np.array([c["member"] for c in canaries])
+    member, attack = np.array([c["member"] for c in canaries]), score_name(a)
     if white:
-        scores, score_name = np.array(metrics["whitebox"][a.whitebox_score]), a.whitebox_score
+        scores = np.array(metrics["whitebox"][attack])
     else:
-        scores, score_name = _blackbox_scores(cfg, a, out, [c["text"] for c in canaries]), a.attack
-    report = _report(cfg, a, metrics, scores, member, out)
-    report["attack"] = score_name
+        scores = _blackbox_scores(cfg, a, out, [c["text"] for c in canaries], attack)
+    report = _report(cfg, a, metrics, scores, member, out, attack)
     _roc_png(scores[member], scores[~member], report, out / "roc.png")
-    atomic_write_json(out / "scores.json", {"attack": score_name, "scores": scores.tolist(),
+    atomic_write_json(out / "scores.json", {"attack": attack, "scores": scores.tolist(),
                                             "members": member.tolist()}, indent=None)
     atomic_write_json(out / "audit.json", report)
     ub = report["epsilon_upper_bound"]
@@ -232,20 +239,18 @@ def main(argv: list[str] | None = None) -> dict:
     return _judge(report)
 
 
-def _blackbox_scores(cfg, a, out: Path, texts: list[str]) -> np.ndarray:
-    """The MIA score of every text canary on the trained model (higher = more likely a member). Crafted canaries
-    are always calibrated per canary against the base model (the ratio attack), whatever --attack says."""
+def _blackbox_scores(cfg, a, out: Path, texts: list[str], attack: str) -> np.ndarray:
+    """The MIA score `attack` of every text canary on the trained model (higher = more likely a member)."""
     from ..dp.finetune import load_trained
     from ..mia.scoring import score_texts
 
     tok = models.load_tokenizer(cfg.model.model_path)
     model = load_trained(cfg, out / "train" / "final_model")
-    attack = "ratio" if a.canary_kind == "crafted" else a.attack
     return score_texts(model, tok, texts, [attack], reference=a.reference_model or cfg.model.model_path,
                        dtype=cfg.model.dtype)[attack]
 
 
-def _report(cfg, a, metrics: dict, scores: np.ndarray, member: np.ndarray, out: Path) -> dict:
+def _report(cfg, a, metrics: dict, scores: np.ndarray, member: np.ndarray, out: Path, attack: str) -> dict:
     from ..dp.plan import run_delta
 
     privacy = metrics.get("privacy") or {}
@@ -264,7 +269,7 @@ def _report(cfg, a, metrics: dict, scores: np.ndarray, member: np.ndarray, out: 
         "delta": delta, "confidence": a.confidence, "num_canaries": len(member),
         "num_members": int(member.sum()), "num_guesses": best["num_guesses"], "num_correct": best["num_correct"],
         "guess_grid": grid["grid"], "confidence_per_grid_point": grid["confidence_per_grid_point"],
-        "attack": a.attack, "reference_model": a.reference_model,
+        "attack": attack, "reference_model": a.reference_model,
         "auc": roc["auc"], "auc_ci": roc["auc_ci"], "tpr_at_fpr": roc["tpr_at_fpr"],
         "mode": metrics.get("mode"), "noise_source": metrics.get("noise_source"),
         "noise_multiplier": privacy.get("noise_multiplier"), "steps": privacy.get("steps"),
@@ -298,10 +303,8 @@ def _finished(out: Path, a) -> dict | None:
         done = json.loads(f.read_text())
     except json.JSONDecodeError:
         return None
-    score = a.whitebox_score if a.threat_model == "whitebox" else \
-        ("ratio" if a.canary_kind == "crafted" else a.attack)
     same = (done.get("attack"), done.get("reference_model"), done.get("confidence"), "bounds" in done) == \
-        (score, a.reference_model, a.confidence, True)
+        (score_name(a), a.reference_model, a.confidence, True)
     return done if same else None
 
 
