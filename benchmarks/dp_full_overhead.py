@@ -59,6 +59,7 @@ class Step:
         from privlm.dp.ghost import GhostClipping
 
         self.name, self.args = name, args
+        self.noise_seconds: list[float] = []
         self.model = build(args)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=1e-12)
@@ -80,8 +81,10 @@ class Step:
         from privlm.dp.randomness import NoiseSource
         from privlm.dp.step import add_gaussian_noise_
 
+        t0 = time.perf_counter()
         add_gaussian_noise_([p.grad for p in self.params], NoiseSource(True, 0), 0,
                             self.args.clip / self.args.batch_size)
+        self.noise_seconds.append(time.perf_counter() - t0)
 
     def __call__(self):
         from privlm.dp.clipping import per_example_loss
@@ -180,17 +183,23 @@ def main():
             t0 = time.perf_counter()
             steps[v]()
             times[v].append(time.perf_counter() - t0)
+    noise = statistics.median(steps["ours"].noise_seconds[1:])  # without the warm-up step
     del steps
     sec = {v: statistics.median(t) for v, t in times.items()}
     out = {"dp_over_nondp_time": round(sec["ours"] / sec["nondp"], 4),
            "dp_over_nondp_peak_memory": round(mem["ours"] / mem["nondp"], 4),
            "max_abs_grad_diff_vs_per_sample": grad_diff(args),
+           # the Gaussian noise over every trainable coordinate: a fixed cost per step, whatever the batch (on a
+           # CPU it is drawn at ~7 ns a coordinate per core; on a GPU it is negligible)
+           "noise_seconds": round(noise, 3),
+           "dp_over_nondp_time_without_noise": round((sec["ours"] - noise) / sec["nondp"], 4),
            "opacus_ghost_over_ours_time": round(sec["opacus_ghost"] / sec["ours"], 4),
            "seconds": {v: round(s, 3) for v, s in sec.items()}, "peak_mb": mem,
            "model": "tiny" if args.tiny else args.model_path, "batch_size": args.batch_size, "seq_len": args.seq_len,
            "steps": args.steps, "device": "cuda" if torch.cuda.is_available() else "cpu",
-           "goals": {"dp_over_nondp_time": "<= 1.30", "dp_over_nondp_peak_memory": "<= 1.15",
-                     "max_abs_grad_diff_vs_per_sample": "<= 1e-5", "opacus_ghost_over_ours_time": ">= 1.0"}}
+           "goals": {"dp_over_nondp_time": "<= 1.10 at 64 tokens, <= 1.25 at 512",
+                     "dp_over_nondp_peak_memory": "<= 1.05", "max_abs_grad_diff_vs_per_sample": "<= 1e-5",
+                     "opacus_ghost_over_ours_time": ">= 1.5"}}
     print(json.dumps(out))
 
 

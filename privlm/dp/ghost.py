@@ -127,7 +127,7 @@ class GhostClipping:
             self.recording = True
         for r in records:
             r.out = None  # the layer outputs are not needed past this backward
-        items = []
+        items, inputs = [], {}  # layers fed the same tensor (q, k, v; gate, up) share one fp32 copy of it
         for r, g in zip(records, list(outs)):
             if g is None:
                 continue
@@ -138,19 +138,24 @@ class GhostClipping:
             if r.kind == "embedding":
                 a = r.a.reshape(B, -1)
             else:
-                a = r.a.float().reshape(B, -1, r.a.shape[-1])
+                key = (r.a.data_ptr(), r.a.shape, r.a.stride(), r.a.dtype)
+                if key not in inputs:
+                    inputs[key] = r.a.float().reshape(B, -1, r.a.shape[-1])
+                a = inputs[key]
             items.append((r, a, g))
-        del outs, records  # the items hold the only references: each is freed once book-kept below
+        del outs, records, inputs  # the items hold the only references: each is freed once book-kept below
         sq = torch.zeros(B, device=per_example_loss.device, dtype=torch.float32)
         by_param: dict[int, list] = {}
+        grams: dict[int, torch.Tensor] = {}  # a a^T once per shared input
         for it in items:
-            sq += _norm_sq(*it)
+            sq += _norm_sq(*it, grams)
             w = it[0].module.weight
             by_param.setdefault(id(w), []).append(it)
         for uses in by_param.values():  # a weight used by several layers: cross terms of its per-example sum
             for i in range(len(uses)):
                 for j in range(i + 1, len(uses)):
                     sq += 2 * _cross(uses[i], uses[j])
+        del grams
         norms = sq.clamp(min=0).sqrt()
         c = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         sums: dict[nn.Parameter, torch.Tensor] = {}
@@ -183,15 +188,20 @@ def full_shape(p: nn.Parameter) -> torch.Size:
     return getattr(p, "ds_shape", p.shape)
 
 
-def _norm_sq(r, a, g) -> torch.Tensor:
-    """Per-example squared norm of this layer's weight (and bias) gradient."""
+def _norm_sq(r, a, g, grams: dict | None = None) -> torch.Tensor:
+    """Per-example squared norm of this layer's weight (and bias) gradient. `grams` caches a a^T by input tensor."""
     if r.kind == "embedding":
         same = (a[:, :, None] == a[:, None, :]).float()  # [x_t == x_s]
         return (same * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
     T = g.shape[1]
     p, d = g.shape[-1], a.shape[-1]
     if 2 * T * T <= p * d:  # ghost norm
-        out = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+        aat = grams.get(id(a)) if grams is not None else None
+        if aat is None:
+            aat = torch.bmm(a, a.transpose(1, 2))
+            if grams is not None:
+                grams[id(a)] = aat
+        out = (aat * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
     else:  # explicit per-example gradient, one layer at a time
         out = torch.bmm(g.transpose(1, 2), a).pow(2).sum((1, 2))
     bias = getattr(r.module, "bias", None)
@@ -219,16 +229,20 @@ def _cross(u, v) -> torch.Tensor:
 
 
 def _clipped(r, a, g, c) -> list[tuple[nn.Parameter, torch.Tensor]]:
-    """Book-keeping: sum_i c_i G_i for this layer, from the same a and g."""
-    gc = g * c[:, None, None]
+    """Book-keeping: sum_i c_i G_i for this layer, from the same a and g: one matmul, with c folded into the
+    narrower of the two (for lm_head, the 576-wide input instead of the 49,152-wide logit gradient)."""
     w = r.module.weight
     if r.kind == "embedding":
         s = torch.zeros(full_shape(w), device=g.device, dtype=torch.float32)
-        s.index_add_(0, a.reshape(-1), gc.reshape(-1, g.shape[-1]))
+        s.index_add_(0, a.reshape(-1), (g * c[:, None, None]).reshape(-1, g.shape[-1]))
         return [(w, s)]
-    s = torch.einsum("btp,btd->pd", gc, a)
+    p, d = g.shape[-1], a.shape[-1]
+    if p <= d:
+        s = torch.mm((g * c[:, None, None]).reshape(-1, p).t(), a.reshape(-1, d))
+    else:
+        s = torch.mm(g.reshape(-1, p).t(), (a * c[:, None, None]).reshape(-1, d))
     out = [(w, s if r.kind == "linear" else s.t())]  # Conv1D stores its weight as (in, out)
     bias = getattr(r.module, "bias", None)
     if bias is not None and bias.requires_grad:
-        out.append((bias, gc.sum((0, 1))))
+        out.append((bias, torch.mv(g.sum(1).t(), c)))
     return out

@@ -25,8 +25,8 @@ class NoiseSource:
         digest = hashlib.sha256(repr((self._root, *key)).encode()).digest()
         return int.from_bytes(digest[:8], "little") & 0x7FFFFFFFFFFFFFFF
 
-    def generator(self, *key) -> torch.Generator:
-        return torch.Generator(device="cpu").manual_seed(self.seed(*key))
+    def generator(self, *key, device="cpu") -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(self.seed(*key))
 
     def __repr__(self) -> str:  # never show the root
         return f"NoiseSource({self.kind})"
