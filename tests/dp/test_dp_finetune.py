@@ -177,8 +177,10 @@ def test_resume_after_kill_continues_the_ledger(tmp_path, tiny_model_dir):
     assert ma["privacy"] == mb["privacy"] and ma["privacy"]["steps"] == 12 * 4
     assert 7.0 < ma["privacy"]["epsilon"] <= 8.0
     wa, wb = (load_file(str(d / "final_model" / "adapter_model.safetensors")) for d in (a, b))
+    # a repeated, skipped or re-noised step moves weights by ~lr (1e-3, Adam); the resumed run may differ only by
+    # float reassociation (CI once saw 9.5e-6 after 48 steps, not reproduced here: 6 runs were bitwise equal)
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-4)
 
 
 def test_vicuna_supervised_dp_tuning(tmp_path, tiny_model_dir):
