@@ -36,7 +36,7 @@ def extraction(model, tok, records: list[dict], batch_size: int = 32) -> dict:
     probes = pii_probes(tok, records)
     if not probes:
         return {"rate": None, "n": 0, "extracted": 0, "rate_ci": None, "token_accuracy": None, "by_type": {}}
-    verdicts = greedy_match(model, tok, [e for _, e in probes], batch_size, progress=False)
+    verdicts = greedy_match(model, tok, [e for _, e in probes], batch_size, progress=False, decode_misses=False)
     by_type: dict[str, list[bool]] = {}
     for (kind, _), v in zip(probes, verdicts):
         by_type.setdefault(kind, []).append(v.match)

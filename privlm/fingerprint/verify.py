@@ -111,11 +111,13 @@ def encode_all(tokenizer, targets: list[derive.Derived], template, chat: bool, m
     return out
 
 
-def verdicts_any(model, tokenizer, encs: list[list[data.Encoded]], batch_size: int) -> list[tuple[int, Verdict]]:
+def verdicts_any(model, tokenizer, encs: list[list[data.Encoded]], batch_size: int, decode_misses: bool = False
+                 ) -> list[tuple[int, Verdict]]:
     """Per fingerprint (index of the response that decides, its verdict): the first response produced, or the
-    closest miss (highest token accuracy). One batched pass over every response of every fingerprint."""
+    closest miss (highest token accuracy). One batched teacher-forced pass over every response of every
+    fingerprint; `decode_misses` also decodes what the model says instead, for the listing."""
     flat = [e for enc in encs for e in enc]
-    vs = greedy_match(model, tokenizer, flat, batch_size)
+    vs = greedy_match(model, tokenizer, flat, batch_size, decode_misses=decode_misses)
     out, at = [], 0
     for enc in encs:
         mine = vs[at:at + len(enc)]
@@ -136,7 +138,8 @@ def check(model, tokenizer, fps: list[dict], sets: dict, s: dict, batch_size: in
         rows, matches = [], []
         for t in templates:
             encs = encode_all(tokenizer, targets, t, chat, match)
-            decided = verdicts_any(model, tokenizer, encs, batch_size)
+            # only the listed template's misses are decoded further; every other verdict is one forced pass
+            decided = verdicts_any(model, tokenizer, encs, batch_size, decode_misses=first is None)
             verdicts = [v for _, v in decided]
             enc = [e[j] for e, (j, _) in zip(encs, decided)]
             rows.append({"system": t.system, "user": t.user, **summarize(verdicts)})
