@@ -50,6 +50,8 @@ def timed(fn, repeats: int) -> float:
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     return best
 
@@ -73,12 +75,14 @@ def main():
         from privlm.testing import build_model, build_tokenizer
 
         tok = build_tokenizer()
-        target, reference = build_model(len(tok), 0).eval(), build_model(len(tok), 1).eval()
+        target = build_model(len(tok), 0).to(models.device()).eval()
+        reference = build_model(len(tok), 1).to(models.device()).eval()
         ref_tok = tok
     else:
         tok = ref_tok = models.load_tokenizer(args.model)
-        target = models.load_model(args.model, dtype="float32").eval()
-        reference = models.load_model(args.model, dtype="float32").eval()
+        dtype = "auto" if torch.cuda.is_available() else "float32"  # bf16 on a GPU
+        target = models.load_model(args.model, dtype=dtype, device=models.device()).eval()
+        reference = models.load_model(args.model, dtype=dtype, device=models.device()).eval()
     samples = texts(args.samples, args.words)
     names = [n for n in ATTACKS if n != "lowercase"]
 
@@ -105,7 +109,11 @@ def main():
            "baseline": "one plain forward pass of the target and one of the reference model",
            "baseline_seconds": round(t_base, 3), "attacks_seconds": round(t_att, 3), "lowercase_seconds": round(t_low, 3),
            "samples": args.samples, "tokens": n_tok, "batch_size": args.batch_size,
-           "model": "tiny" if args.tiny else args.model, "device": "cpu", "threads": torch.get_num_threads()}
+           "model": "tiny" if args.tiny else args.model,
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+           "dtype": str(next(target.parameters()).dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+           "date": time.strftime("%Y-%m-%d"),
+           "goals": {"attacks_over_forward_throughput": ">= 0.95"}}
     print(json.dumps(res))
 
 
