@@ -188,7 +188,7 @@ def full_shape(p: nn.Parameter) -> torch.Size:
     return getattr(p, "ds_shape", p.shape)
 
 
-def _norm_sq(r, a, g, grams: dict | None = None) -> torch.Tensor:
+def _norm_sq(r, a, g, grams: dict) -> torch.Tensor:
     """Per-example squared norm of this layer's weight (and bias) gradient. `grams` caches a a^T by input tensor."""
     if r.kind == "embedding":
         same = (a[:, :, None] == a[:, None, :]).float()  # [x_t == x_s]
@@ -196,11 +196,9 @@ def _norm_sq(r, a, g, grams: dict | None = None) -> torch.Tensor:
     T = g.shape[1]
     p, d = g.shape[-1], a.shape[-1]
     if 2 * T * T <= p * d:  # ghost norm
-        aat = grams.get(id(a)) if grams is not None else None
+        aat = grams.get(id(a))
         if aat is None:
-            aat = torch.bmm(a, a.transpose(1, 2))
-            if grams is not None:
-                grams[id(a)] = aat
+            aat = grams[id(a)] = torch.bmm(a, a.transpose(1, 2))
         out = (aat * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
     else:  # explicit per-example gradient, one layer at a time
         out = torch.bmm(g.transpose(1, 2), a).pow(2).sum((1, 2))

@@ -27,6 +27,11 @@ from .clipping import per_example_engine, per_example_loss
 NOISE_CHUNK = 1 << 20  # coordinates per generator: a 4 MB buffer each thread reuses, kept in cache
 
 
+def _chunk(t: torch.Tensor, s: int | None) -> torch.Tensor:
+    """Coordinates s .. s + NOISE_CHUNK of t (a view), or all of t where s is None (a non-contiguous tensor)."""
+    return t if s is None else t.view(-1)[s:s + NOISE_CHUNK]
+
+
 def add_gaussian_noise_(tensors: list[torch.Tensor], source, step: int, std: float, *key):
     """Add N(0, std^2) to each tensor in place. The coordinates are cut into chunks of NOISE_CHUNK, each drawn from its
     own generator keyed by (step, tensor index, offset, *key), so the result depends neither on the thread count nor on
@@ -38,8 +43,7 @@ def add_gaussian_noise_(tensors: list[torch.Tensor], source, step: int, std: flo
              for s in (range(0, t.numel(), NOISE_CHUNK) if t.is_contiguous() else [None])]
     if any(t.is_cuda for t in tensors):
         for i, s in units:
-            t = tensors[i]
-            part = t if s is None else t.view(-1)[s:s + NOISE_CHUNK]
+            t, part = tensors[i], _chunk(tensors[i], s)
             gen = source.generator("noise", step, i, s, *key, device=t.device)
             part.add_(torch.randn(part.shape, generator=gen, device=t.device), alpha=std)
         return
@@ -50,11 +54,10 @@ def add_gaussian_noise_(tensors: list[torch.Tensor], source, step: int, std: flo
 
     def one(u):
         i, s = u
-        t = tensors[i]
+        part = _chunk(tensors[i], s)
         if s is None:  # a non-contiguous tensor: one draw of its own shape
-            part, buf = t, torch.empty(t.shape)
+            buf = torch.empty(part.shape)
         else:
-            part = t.view(-1)[s:s + NOISE_CHUNK]
             if not hasattr(local, "buf"):
                 local.buf = torch.empty(NOISE_CHUNK)
             buf = local.buf[:part.numel()]
