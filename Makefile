@@ -10,7 +10,7 @@ export TRANSFORMERS_VERBOSITY ?= error
 # GPUs if there are any, else two CPU ranks
 NGPUS = $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
 
-.PHONY: docs results venv demo demo-ownership demo-dp demo-audit demo-mosaic test test-fast test-gpu bench clean
+.PHONY: docs results venv demo demo-ownership demo-dp demo-audit demo-mosaic test test-fast test-gpu bench bench-all clean
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -112,11 +112,12 @@ test-gpu: venv
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
+# the speed goals: one table (device, date, every ratio against its goal) and benchmarks/reports/bench.json
 bench: venv
-	$(BIN)/python benchmarks/check_throughput.py
+	$(BIN)/python benchmarks/bench.py
+
+bench-all: bench
 	$(BIN)/python benchmarks/dp_overhead.py
-	$(BIN)/python benchmarks/dp_full_overhead.py
-	$(BIN)/python benchmarks/mia_throughput.py
 	$(BIN)/python benchmarks/scan_speed.py
 	$(BIN)/python benchmarks/scan_scale.py
 	$(BIN)/python benchmarks/fingerprint_capacity.py --num_fingerprints 32 128 512 1024   # hours on a CPU

@@ -196,7 +196,8 @@ def main():
            "opacus_ghost_over_ours_time": round(sec["opacus_ghost"] / sec["ours"], 4),
            "seconds": {v: round(s, 3) for v, s in sec.items()}, "peak_mb": mem,
            "model": "tiny" if args.tiny else args.model_path, "batch_size": args.batch_size, "seq_len": args.seq_len,
-           "steps": args.steps, "device": "cuda" if torch.cuda.is_available() else "cpu",
+           "steps": args.steps, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+           "date": time.strftime("%Y-%m-%d"),
            "goals": {"dp_over_nondp_time": "<= 1.10 at 64 tokens, <= 1.25 at 512",
                      "dp_over_nondp_peak_memory": "<= 1.05", "max_abs_grad_diff_vs_per_sample": "<= 1e-5",
                      "opacus_ghost_over_ours_time": ">= 1.5"}}

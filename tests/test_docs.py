@@ -67,6 +67,17 @@ def test_results_page_is_rendered_from_its_json():
         assert fig["source"] and re.fullmatch(r"[0-9a-f]{64}", fig["source_sha256"]), fig
 
 
+def test_readme_performance_table_is_generated_from_the_bench_json():
+    readme = (ROOT / "README.md").read_text()
+    assert results.README_BLOCK[0] in readme and results.README_BLOCK[1] in readme
+    data = results.load(ROOT / "docs" / "results.json")
+    assert results.with_readme_block(readme, data) == readme, "run `make results`"
+    sec = next(s for s in data["sections"] if s["title"] == results.PERFORMANCE)
+    if sec["present"]:  # every figure of the table is a row of bench.json
+        for f in sec["figures"]:
+            assert f"| {f['label']} |" in readme or f["label"] in ("device", "date"), f["label"]
+
+
 def test_results_keep_a_section_whose_report_is_gone_and_say_when_it_was_collected(monkeypatch, tmp_path):
     """A clone has no results/: collecting there keeps the previous figures (dated), never drops them; a report
     that is there replaces them."""
