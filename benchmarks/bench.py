@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         from privlm.io import atomic_write_json
 
         atomic_write_json(Path(a.output), summary)
-        print(f"[bench] {Path(a.output).relative_to(ROOT)}")
+        print(f"[bench] {a.output}")
     return 1 if any(r["value"] is None for r in summary["rows"] if r["benchmark"] in {s[0] for s in suite}) else 0
 
 
