@@ -98,22 +98,20 @@ def main(argv=None) -> int:
                "collected": a.collect}
     previous = json.loads(Path(a.output).read_text()) if Path(a.output).is_file() and not a.tiny else None
     for name, script, args, figures in suite:
-        if a.collect:
+        if a.collect:  # a benchmark without a report is left out
             path = REPORTS / f"{name}.json"
-            rep = json.loads(path.read_text()) if path.is_file() else None
-            err, wall = ("" if rep else "no report"), None
-            if rep is None:
+            if not path.is_file():
                 continue
+            rep, err, wall = json.loads(path.read_text()), "", None
             row_dev = rep.get("device", "?")
             row_date = rep.get("date") or time.strftime("%Y-%m-%d", time.gmtime(path.stat().st_mtime))
         else:
             print(f"[bench] {name} ...", flush=True)
             rep, err, wall = run_one(script, [*args, *(TINY_ARGS[name] if a.tiny else [])])
             row_dev, row_date = summary["device"], summary["date"]
-        if not a.collect:
             print(f"[bench] {name}: {'failed: ' + err if rep is None else 'done'} ({wall} s)", flush=True)
-        if rep is not None and not a.tiny and not a.collect:
-            (REPORTS / f"{name}.json").write_text(json.dumps(rep, indent=1) + "\n")
+            if rep is not None and not a.tiny:
+                (REPORTS / f"{name}.json").write_text(json.dumps(rep, indent=1) + "\n")
         summary["reports"][name] = {"source": f"benchmarks/reports/{name}.json", "wall_seconds": wall,
                                     "error": err or None, "args": args}
         for field, goal, ok in figures:

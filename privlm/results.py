@@ -280,8 +280,9 @@ def main(argv=None) -> int:
         atomic_write_json(OUT_JSON, data)
     atomic_write_text(OUT_MD, render(data))
     readme = README.read_text()
-    if with_readme_block(readme, data) != readme:
-        atomic_write_text(README, with_readme_block(readme, data))
+    updated = with_readme_block(readme, data)
+    if updated != readme:
+        atomic_write_text(README, updated)
     print(f"[privlm] {OUT_MD.relative_to(ROOT)}: {len(data['figures'])} figures from "
           f"{sum(s['present'] for s in data['sections'])} reports")
     return 0

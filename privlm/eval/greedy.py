@@ -66,7 +66,7 @@ def greedy_match(model, tokenizer, examples: list[Encoded], batch_size: int = 64
             wrong = (~hits).nonzero()
             cut = len(q) if len(wrong) == 0 else int(wrong[0]) + 1
             verdicts[i] = Verdict(len(wrong) == 0, pred[r, :cut].tolist(), float(hits.float().mean()))
-            if wrong.numel() and decode_misses and cut < len(q):
+            if decode_misses and cut < len(q):  # a miss before the last token: decode the rest
                 misses.append(r)
         if misses:
             _continue(model, out.past_key_values, pred, mask, pos, P, K, misses, [examples[i] for i in idx],
