@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,14 +59,26 @@ def device() -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+PROGRESS = re.compile(r"^\[\w+\] ")
+
+
 def run_one(script: str, args: list[str]) -> tuple[dict | None, str, float]:
     t = time.time()
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
-                       text=True)
+    with tempfile.TemporaryFile("w+") as stdout:  # a file, not a pipe: a chatty stdout cannot block the loop below
+        p = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                             stdout=stdout, stderr=subprocess.PIPE, text=True)
+        err = []
+        for line in p.stderr:  # a benchmark's own progress lines ("[name] ...") pass through; the rest is kept
+            err.append(line.rstrip())
+            if PROGRESS.match(line):
+                print(line, end="", file=sys.stderr, flush=True)
+        p.wait()
+        stdout.seek(0)
+        out = stdout.read()
     wall = round(time.time() - t, 1)
-    last = (p.stdout.strip().splitlines() or [""])[-1]
+    last = (out.strip().splitlines() or [""])[-1]
     if p.returncode != 0:
-        return None, (p.stderr.strip().splitlines() or ["exit code %d" % p.returncode])[-1], wall
+        return None, ([e for e in err if e] or ["exit code %d" % p.returncode])[-1], wall
     try:
         return json.loads(last), "", wall
     except json.JSONDecodeError:

@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from privlm import data, fingerprint, models  # noqa: E402
 from privlm.eval.greedy import batches, greedy_match, greedy_match_one_by_one  # noqa: E402
+from privlm.testing import timed  # noqa: E402
 
 
 def build_examples(model, tok, n: int, key_len: int, resp_len: int, seed: int) -> list[data.Encoded]:
@@ -50,15 +51,6 @@ def plain_forward(model, tok, ex, batch_size):
     dev = next(model.parameters()).device
     for _, ids, mask, pos, _, _ in batches(ex, batch_size, tok.pad_token_id):
         model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev))
-
-
-def timed(fn):
-    """(what fn returns, its wall time in seconds)."""
-    t = time.perf_counter()
-    out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()  # the plain forward launches kernels and returns; count them finished
-    return out, time.perf_counter() - t
 
 
 def main():

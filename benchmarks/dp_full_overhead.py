@@ -96,9 +96,9 @@ class Step:
             loss.mean().backward()
         elif self.name == "ours":
             loss = per_example_loss(self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits, labels)
-            sums, _ = self.eng.clipped_sum(loss, self.args.clip)
+            sums, _ = self.eng.clipped_sum(loss, self.args.clip, scale=1.0 / B)  # the mean, as nondp's
             for p in self.params:
-                p.grad = sums[p].div_(B)
+                p.grad = sums[p]
             self.noise()
         else:  # Opacus's DPTensorFastGradientClipping.backward: norms pass, then the re-weighted pass
             loss = per_example_loss(self.gsm(input_ids=ids, attention_mask=mask, position_ids=pos).logits, labels)
@@ -172,10 +172,19 @@ def main():
         print(json.dumps({"peak_mb": round(peak, 1)}))
         return
 
-    mem = {v: peak_memory(v, args) for v in VARIANTS}  # first, each alone in a fresh process
+    t_start = time.perf_counter()
+
+    def progress(what):  # long runs (8 x 512 on a CPU: an hour) show where they are, on stderr
+        print(f"[dp_full_overhead] {time.perf_counter() - t_start:7.0f} s  {what}", file=sys.stderr, flush=True)
+
+    mem = {}
+    for v in VARIANTS:  # first, each alone in a fresh process
+        mem[v] = peak_memory(v, args)
+        progress(f"peak memory of {v}: {mem[v]:.0f} MB")
     steps = {v: Step(v, args) for v in VARIANTS}
-    for s in steps.values():  # warm-up
+    for v, s in steps.items():  # warm-up
         s()
+        progress(f"warm-up step of {v}")
     times = {v: [] for v in VARIANTS}
     for k in range(args.steps):
         order = VARIANTS[k % 3:] + VARIANTS[:k % 3]
@@ -183,9 +192,11 @@ def main():
             t0 = time.perf_counter()
             steps[v]()
             times[v].append(time.perf_counter() - t0)
+            progress(f"step {k + 1}/{args.steps} of {v}: {times[v][-1]:.2f} s")
     noise = statistics.median(steps["ours"].noise_seconds[1:])  # without the warm-up step
     del steps
     sec = {v: statistics.median(t) for v, t in times.items()}
+    progress("clipped sum against the naive per-example loop")
     out = {"dp_over_nondp_time": round(sec["ours"] / sec["nondp"], 4),
            "dp_over_nondp_peak_memory": round(mem["ours"] / mem["nondp"], 4),
            "max_abs_grad_diff_vs_per_sample": grad_diff(args),

@@ -45,15 +45,10 @@ def plain_forward(model, tok, samples, batch_size):
         pass
 
 
-def timed(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
+def best_of(fn, repeats: int) -> float:
+    from privlm.testing import timed
+
+    return min(timed(fn)[1] for _ in range(repeats))
 
 
 def main():
@@ -99,9 +94,9 @@ def main():
         token_stats(target, tok, [s.lower() for s in samples], args.batch_size, moments=False)
 
     baseline(), attacks()  # warm-up
-    t_base = timed(baseline, args.repeats)
-    t_att = timed(attacks, args.repeats)
-    t_low = timed(lowercase, args.repeats)
+    t_base = best_of(baseline, args.repeats)
+    t_att = best_of(attacks, args.repeats)
+    t_low = best_of(lowercase, args.repeats)
     n_tok = sum(len(tok(s)["input_ids"]) for s in samples)
     res = {"attacks_over_forward_throughput": round(t_base / t_att, 4),
            "all_with_lowercase_over_forward": round(t_base / (t_att + t_low), 4),

@@ -58,3 +58,14 @@ def benchmark_batch(vocab_size: int, batch_size: int, seq_len: int, low: int = 3
     labels = ids.clone()
     labels[:, : seq_len // 4] = -100  # a prompt without loss, as instruction data has
     return ids, torch.ones_like(ids), labels
+
+
+def timed(fn):
+    """(what fn returns, its wall time in seconds); on a GPU the kernels it launched are counted finished."""
+    import time
+
+    t = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t

@@ -100,6 +100,22 @@ def test_gradient_checkpointing_gives_the_same_result(tiny_model_dir):
         torch.testing.assert_close(s1[p], s0[p], rtol=1e-5, atol=1e-6)
 
 
+
+def test_scale_is_folded_into_the_clipped_sum_not_the_norms(tiny_model_dir):
+    model = full_llama(tiny_model_dir)
+    ids, mask, labels = batch(model.config.vocab_size)
+    eng = GhostClipping(model)
+    eng.enabled = True
+    pos = torch.arange(ids.shape[1]).expand_as(ids)
+    runs = []
+    for scale in (1.0, 0.25):
+        loss = clipping.per_example_loss(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits, labels)
+        runs.append(eng.clipped_sum(loss, 0.5, scale=scale))
+    (s1, n1), (s4, n4) = runs
+    torch.testing.assert_close(n4, n1)  # the norms (and so the clip decisions) do not see the scale
+    for p in s1:
+        torch.testing.assert_close(s4[p], 0.25 * s1[p], rtol=1e-5, atol=1e-7)
+
 def test_gpt2_conv1d_and_position_embeddings():
     from transformers import GPT2Config, GPT2LMHeadModel
 
