@@ -174,7 +174,7 @@ def main():
 
     t_start = time.perf_counter()
 
-    def progress(what):  # long runs (8 x 512 on a CPU: an hour) show where they are, on stderr
+    def progress(what):  # long runs (8 x 512 on 2 CPU cores: ~18 min) show where they are, on stderr
         print(f"[dp_full_overhead] {time.perf_counter() - t_start:7.0f} s  {what}", file=sys.stderr, flush=True)
 
     mem = {}

@@ -39,12 +39,12 @@ def naive(model, ids, mask, labels, C):
     return torch.stack(norms), dict(zip(params, sums))
 
 
-def ghost(model, ids, mask, labels, C):
+def ghost(model, ids, mask, labels, C, scale=1.0):
     eng = GhostClipping(model)
     eng.enabled = True
     pos = torch.arange(ids.shape[1]).expand_as(ids)  # as the DP step passes them (GPT-2's position embedding)
     loss = clipping.per_example_loss(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits, labels)
-    sums, norms = eng.clipped_sum(loss, C)
+    sums, norms = eng.clipped_sum(loss, C, scale=scale)
     eng.remove()
     return norms, sums
 
@@ -104,17 +104,12 @@ def test_gradient_checkpointing_gives_the_same_result(tiny_model_dir):
 def test_scale_is_folded_into_the_clipped_sum_not_the_norms(tiny_model_dir):
     model = full_llama(tiny_model_dir)
     ids, mask, labels = batch(model.config.vocab_size)
-    eng = GhostClipping(model)
-    eng.enabled = True
-    pos = torch.arange(ids.shape[1]).expand_as(ids)
-    runs = []
-    for scale in (1.0, 0.25):
-        loss = clipping.per_example_loss(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits, labels)
-        runs.append(eng.clipped_sum(loss, 0.5, scale=scale))
-    (s1, n1), (s4, n4) = runs
+    n1, s1 = ghost(model, ids, mask, labels, 0.5)
+    n4, s4 = ghost(model, ids, mask, labels, 0.5, scale=0.25)
     torch.testing.assert_close(n4, n1)  # the norms (and so the clip decisions) do not see the scale
     for p in s1:
         torch.testing.assert_close(s4[p], 0.25 * s1[p], rtol=1e-5, atol=1e-7)
+
 
 def test_gpt2_conv1d_and_position_embeddings():
     from transformers import GPT2Config, GPT2LMHeadModel
